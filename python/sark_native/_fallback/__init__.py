@@ -1,0 +1,1 @@
+"""The pure-Python twins of the native components: the same API, the same results."""

@@ -1,0 +1,1 @@
+"""Optional integrations of sark_native with third-party libraries (import each explicitly)."""

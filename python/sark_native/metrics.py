@@ -1,0 +1,125 @@
+"""Prometheus metrics for sark_native, read at scrape time from counters the components keep.
+
+Nothing registers itself: call :func:`register` with the registry your app exposes. The counters
+live in Rust atomics or plain integers updated under the component's own lock, so a cache
+operation makes no Python call for metrics; the Collector sums them when Prometheus scrapes.
+
+Each process reports its own values (prometheus_client's multiprocess mode does not cover custom
+collectors): scrape every worker, or aggregate per pod.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from . import _backend
+from ._fallback import cache as _py_cache
+from ._version import VERSION
+
+if TYPE_CHECKING:
+    from prometheus_client.registry import CollectorRegistry
+
+__all__ = ["SarkNativeCollector", "register"]
+
+
+def _cache_counters() -> Iterator[tuple[str, str, dict[str, int]]]:
+    """``(implementation, cache name, counters)`` for every cache of both backends."""
+    if _backend.RUST_AVAILABLE:
+        for name, counters in _backend.native()._cache_metrics():
+            yield "rust", name, counters
+    for name, counters in _py_cache.cache_metrics():
+        yield "python", name, counters
+
+
+class SarkNativeCollector:
+    """A prometheus_client Collector over every sark_native component in this process."""
+
+    def __init__(self, prefix: str = "") -> None:
+        self.prefix = prefix
+
+    def describe(self) -> list[Any]:
+        # An empty description keeps registration from calling collect() (and touching the
+        # components) at import time.
+        return []
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        p = self.prefix
+        info = GaugeMetricFamily(
+            f"{p}sark_native_info",
+            "sark_native build and backend",
+            labels=["version", "rust_available"],
+        )
+        info.add_metric([VERSION, str(_backend.RUST_AVAILABLE).lower()], 1.0)
+        yield info
+
+        ops = CounterMetricFamily(
+            f"{p}cache_operations",
+            "Cache operations by cache, implementation and operation (get, set, delete)",
+            labels=["cache", "implementation", "operation"],
+        )
+        results = CounterMetricFamily(
+            f"{p}cache_requests",
+            "Cache reads by result (hit, miss)",
+            labels=["cache", "implementation", "result"],
+        )
+        evictions = CounterMetricFamily(
+            f"{p}cache_evictions",
+            "Live entries evicted to make room",
+            labels=["cache", "implementation"],
+        )
+        expirations = CounterMetricFamily(
+            f"{p}cache_expirations",
+            "Entries removed because their time to live ran out",
+            labels=["cache", "implementation"],
+        )
+        size = GaugeMetricFamily(
+            f"{p}cache_size_entries",
+            "Entries held (may include expired entries not swept yet)",
+            labels=["cache", "implementation"],
+        )
+        max_size = GaugeMetricFamily(
+            f"{p}cache_max_entries", "Bound on entries held", labels=["cache", "implementation"]
+        )
+        rust_size = GaugeMetricFamily(
+            f"{p}rust_cache_size_entries", "Entries held by the Rust caches", labels=["cache"]
+        )
+        for impl, name, c in _cache_counters():
+            labels = [name, impl]
+            ops.add_metric([*labels, "get"], c["hits"] + c["misses"])
+            ops.add_metric([*labels, "set"], c["sets"])
+            ops.add_metric([*labels, "delete"], c["deletes"])
+            results.add_metric([*labels, "hit"], c["hits"])
+            results.add_metric([*labels, "miss"], c["misses"])
+            evictions.add_metric(labels, c["evictions"])
+            expirations.add_metric(labels, c["expirations"])
+            size.add_metric(labels, c["size"])
+            max_size.add_metric(labels, c["max_size"])
+            if impl == "rust":
+                rust_size.add_metric([name], c["size"])
+        yield from (ops, results, evictions, expirations, size, max_size, rust_size)
+
+
+_registered: weakref.WeakKeyDictionary[Any, SarkNativeCollector] = weakref.WeakKeyDictionary()
+_lock = threading.Lock()
+
+
+def register(registry: CollectorRegistry | None = None, prefix: str = "") -> SarkNativeCollector:
+    """Adds the sark_native Collector to ``registry`` (default: prometheus_client's global
+    ``REGISTRY``) once; calling it again with the same registry returns the same Collector."""
+    if registry is None:
+        from prometheus_client import REGISTRY
+
+        registry = REGISTRY
+    with _lock:
+        existing = _registered.get(registry)
+        if existing is not None:
+            return existing
+        collector = SarkNativeCollector(prefix)
+        registry.register(collector)
+        _registered[registry] = collector
+        return collector

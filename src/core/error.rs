@@ -1,0 +1,26 @@
+//! The core's error type: what can go wrong below the binding layer, mapped to Python's exception
+//! tree in one place (`src/python/errors.rs`).
+
+use std::fmt;
+
+/// Errors raised by the pure-Rust core.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Error {
+    /// A caller-supplied value is out of range (Python: `ValueError`).
+    InvalidArgument(String),
+    /// A cache operation cannot proceed, e.g. a loader re-entering its own key (`CacheError`).
+    Cache(String),
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::InvalidArgument(msg) | Error::Cache(msg) => f.write_str(msg),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// The core's result type.
+pub type Result<T> = std::result::Result<T, Error>;

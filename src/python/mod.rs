@@ -1,0 +1,54 @@
+//! The binding layer: the `sark_native._native` extension module. It converts values, releases
+//! the GIL and maps errors; the work itself is in `crate::core`.
+
+mod cache;
+mod errors;
+mod gil;
+
+use pyo3::prelude::*;
+
+use crate::core::cache::sweeper;
+
+/// Before `os.fork()`: park background threads so none holds a lock across the fork.
+#[pyfunction]
+fn _before_fork(py: Python<'_>) {
+    gil::detach(py, sweeper::before_fork);
+}
+
+/// After `os.fork()`, in the parent: resume background threads.
+#[pyfunction]
+fn _after_fork_parent() {
+    sweeper::after_fork_parent();
+}
+
+/// After `os.fork()`, in the child: forget the parent's threads; they restart on first use.
+#[pyfunction]
+fn _after_fork_child() {
+    sweeper::after_fork_child();
+}
+
+/// At interpreter exit: stop background threads before the interpreter finalizes.
+#[pyfunction]
+fn _shutdown(py: Python<'_>) {
+    gil::detach(py, sweeper::shutdown);
+}
+
+/// `True` while the cache sweeper thread runs.
+#[pyfunction]
+fn _sweeper_running() -> bool {
+    sweeper::is_running()
+}
+
+#[pymodule]
+#[pyo3(name = "_native")]
+fn sark_native_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add_class::<cache::PyCache>()?;
+    m.add_function(wrap_pyfunction!(cache::_cache_metrics, m)?)?;
+    m.add_function(wrap_pyfunction!(_before_fork, m)?)?;
+    m.add_function(wrap_pyfunction!(_after_fork_parent, m)?)?;
+    m.add_function(wrap_pyfunction!(_after_fork_child, m)?)?;
+    m.add_function(wrap_pyfunction!(_shutdown, m)?)?;
+    m.add_function(wrap_pyfunction!(_sweeper_running, m)?)?;
+    Ok(())
+}

@@ -1,0 +1,27 @@
+"""Shared fixtures: the ``backend`` parameter that runs every contract test on both paths."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+import sark_native
+from sark_native import _backend
+
+# In the normal run a missing extension is a failure, not a reason to skip: CI must prove the
+# Rust path. Only the run with SARK_NATIVE_BACKEND=python drops the "rust" parameter.
+if not sark_native.RUST_AVAILABLE and os.environ.get(_backend.ENV_VAR) != "python":
+    raise RuntimeError(
+        "the Rust extension is not importable "
+        f"({_backend.UNAVAILABLE_REASON}); build it with `make build`, "
+        f"or run with {_backend.ENV_VAR}=python to test the pure-Python path only"
+    )
+
+BACKENDS = ["rust", "python"] if sark_native.RUST_AVAILABLE else ["python"]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """Each test that takes this fixture runs once per available backend."""
+    return str(request.param)

@@ -1,0 +1,76 @@
+"""Prometheus metrics: counters kept by the components, read by a Collector at scrape time."""
+
+from __future__ import annotations
+
+import gc
+import uuid
+
+from prometheus_client import CollectorRegistry, generate_latest
+
+import sark_native
+from sark_native import metrics
+
+
+def sample(registry: CollectorRegistry, name: str, **labels: str) -> float | None:
+    return registry.get_sample_value(name, labels)
+
+
+def test_cache_operations_are_counted_per_name_and_implementation(backend: str) -> None:
+    registry = CollectorRegistry()
+    metrics.register(registry)
+    name = f"test-{uuid.uuid4().hex}"
+    c = sark_native.Cache(max_size=2, ttl=None, backend=backend, name=name)
+    c.set("a", 1)
+    c.set("b", 2)
+    c.set("c", 3)  # evicts a
+    assert c.get("b") == 2
+    assert c.get("a") is None
+    assert c.delete("b") is True
+    labels = {"cache": name, "implementation": backend}
+    assert sample(registry, "cache_operations_total", operation="get", **labels) == 2
+    assert sample(registry, "cache_operations_total", operation="set", **labels) == 3
+    assert sample(registry, "cache_operations_total", operation="delete", **labels) == 1
+    assert sample(registry, "cache_requests_total", result="hit", **labels) == 1
+    assert sample(registry, "cache_requests_total", result="miss", **labels) == 1
+    assert sample(registry, "cache_evictions_total", **labels) == 1
+    assert sample(registry, "cache_size_entries", **labels) == 1
+    assert sample(registry, "cache_max_entries", **labels) == 2
+    rust_size = sample(registry, "rust_cache_size_entries", cache=name)
+    assert rust_size == (1 if backend == "rust" else None)
+
+
+def test_counters_survive_a_dropped_cache(backend: str) -> None:
+    registry = CollectorRegistry()
+    metrics.register(registry)
+    name = f"test-{uuid.uuid4().hex}"
+    c = sark_native.Cache(backend=backend, name=name)
+    for i in range(5):
+        c.set(f"k{i}", i)
+    del c
+    gc.collect()
+    labels = {"cache": name, "implementation": backend}
+    assert sample(registry, "cache_operations_total", operation="set", **labels) == 5
+    assert sample(registry, "cache_size_entries", **labels) == 0
+    c2 = sark_native.Cache(backend=backend, name=name)
+    c2.set("x", 1)
+    assert sample(registry, "cache_operations_total", operation="set", **labels) == 6
+    assert sample(registry, "cache_size_entries", **labels) == 1
+
+
+def test_register_is_idempotent_and_takes_a_prefix() -> None:
+    registry = CollectorRegistry()
+    first = metrics.register(registry, prefix="gw_")
+    assert metrics.register(registry, prefix="gw_") is first
+    text = generate_latest(registry).decode()
+    assert "gw_sark_native_info" in text
+    assert f'version="{sark_native.__version__}"' in text
+
+
+def test_nothing_registers_itself() -> None:
+    from prometheus_client import REGISTRY
+
+    names = {m.name for m in REGISTRY.collect()}
+    assert "sark_native_info" not in names or any(
+        isinstance(c, metrics.SarkNativeCollector)
+        for c in list(REGISTRY._collector_to_names)  # registered explicitly by a test
+    )
