@@ -79,8 +79,49 @@ struct Counters {
     expirations: u64,
 }
 
+/// Keys up to this many bytes live inside their node: a lookup then touches one node-sized,
+/// 128-byte aligned block (one adjacent-line pair for the hardware prefetcher) instead of chasing
+/// a pointer to a separate allocation.
+pub const INLINE_KEY: usize = 86;
+
+/// A key's bytes, inline when short.
+enum KeyBuf {
+    Inline { len: u8, buf: [u8; INLINE_KEY] },
+    Heap(Box<[u8]>),
+}
+
+impl KeyBuf {
+    const EMPTY: KeyBuf = KeyBuf::Inline {
+        len: 0,
+        buf: [0; INLINE_KEY],
+    };
+
+    #[inline]
+    fn new(key: &[u8]) -> Self {
+        if key.len() <= INLINE_KEY {
+            let mut buf = [0; INLINE_KEY];
+            buf[..key.len()].copy_from_slice(key);
+            KeyBuf::Inline {
+                len: key.len() as u8,
+                buf,
+            }
+        } else {
+            KeyBuf::Heap(key.into())
+        }
+    }
+
+    #[inline]
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            KeyBuf::Inline { len, buf } => &buf[..*len as usize],
+            KeyBuf::Heap(b) => b,
+        }
+    }
+}
+
+#[repr(align(128))]
 struct Node<V> {
-    key: Box<[u8]>,
+    key: KeyBuf,
     hash: u64,
     value: Option<V>,
     expires_at: u64,
@@ -149,7 +190,7 @@ impl<V> Shard<V> {
         self.table
             .find(hash, |&i| {
                 let n = &nodes[i as usize];
-                n.hash == hash && *n.key == *key
+                n.hash == hash && n.key.as_bytes() == key
             })
             .copied()
     }
@@ -206,7 +247,7 @@ impl<V> Shard<V> {
         }
         let free = self.free;
         let n = &mut self.nodes[i as usize];
-        n.key = Box::default();
+        n.key = KeyBuf::EMPTY;
         n.next = free;
         n.prev = NIL;
         self.free = i;
@@ -216,7 +257,7 @@ impl<V> Shard<V> {
 
     fn insert_new(&mut self, hash: u64, key: &[u8], value: V, expires_at: u64, stamp: u64) {
         let node = Node {
-            key: key.into(),
+            key: KeyBuf::new(key),
             hash,
             value: Some(value),
             expires_at,
@@ -637,7 +678,7 @@ impl<V> Cache<V> {
             let mut i = shard.head;
             while i != NIL {
                 let next = shard.nodes[i as usize].next;
-                if shard.nodes[i as usize].key.starts_with(prefix) {
+                if shard.nodes[i as usize].key.as_bytes().starts_with(prefix) {
                     let is_live = shard.is_live(i, &*self.clock);
                     let v = shard.remove(i);
                     self.reserved.fetch_sub(1, Ordering::Release);
@@ -696,7 +737,7 @@ impl<V> Cache<V> {
             while i != NIL {
                 let n = &shard.nodes[i as usize];
                 if shard.is_live(i, &*self.clock) {
-                    out.push(n.key.clone());
+                    out.push(n.key.as_bytes().into());
                 }
                 i = n.next;
             }
@@ -799,8 +840,10 @@ impl<V> Cache<V> {
             total += shard
                 .nodes
                 .iter()
-                .filter(|n| n.value.is_some())
-                .map(|n| n.key.len())
+                .filter_map(|n| match &n.key {
+                    KeyBuf::Heap(b) if n.value.is_some() => Some(b.len()),
+                    _ => None,
+                })
                 .sum::<usize>();
         }
         total
@@ -818,6 +861,26 @@ mod tests {
         assert_eq!(shards_for(255), 1);
         assert_eq!(shards_for(1024), 4);
         assert_eq!(shards_for(1 << 30), MAX_SHARDS);
+    }
+
+    #[test]
+    fn nodes_fill_one_aligned_block() {
+        // Values with a niche (like `Py<PyAny>`) keep `Option<V>` at one word.
+        assert_eq!(std::mem::size_of::<Node<Box<u64>>>(), 128);
+        assert_eq!(std::mem::size_of::<KeyBuf>(), 88);
+    }
+
+    #[test]
+    fn long_keys_live_on_the_heap() {
+        let c: Cache<u32> = Cache::new(8, None).unwrap();
+        let long = vec![b'x'; INLINE_KEY + 1];
+        let edge = vec![b'y'; INLINE_KEY];
+        c.insert(&long, 1, None);
+        c.insert(&edge, 2, None);
+        assert_eq!(c.get_with(&long, |v| *v), Some(1));
+        assert_eq!(c.get_with(&edge, |v| *v), Some(2));
+        assert_eq!(c.get_with(&long[..INLINE_KEY], |v| *v), None);
+        assert_eq!(c.keys().len(), 2);
     }
 
     #[test]
