@@ -17,7 +17,19 @@ pub trait Clock: Send + Sync + 'static {
     fn before(&self, deadline: u64) -> bool {
         self.now() < deadline
     }
+
+    /// The deadline `ttl` nanoseconds from now. May be up to one coarse clock tick early
+    /// (never late) when that is a negligible part of `ttl`.
+    #[inline]
+    fn deadline_after(&self, ttl: u64) -> u64 {
+        self.now().saturating_add(ttl)
+    }
 }
+
+/// Time to live from which a deadline may come from the coarse clock: one tick (1-10 ms) early is
+/// then at most 1% of the lifetime.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+const COARSE_DEADLINE_MIN_TTL_NS: u64 = 1_000_000_000;
 
 /// The system's monotonic clock.
 #[derive(Debug, Default, Clone, Copy)]
@@ -59,6 +71,19 @@ impl Clock for MonotonicClock {
         }
         self.now() < deadline
     }
+
+    #[inline]
+    fn deadline_after(&self, ttl: u64) -> u64 {
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        {
+            // The coarse clock lags the precise one, so this deadline is early, never late: an
+            // expired entry is still never returned.
+            if ttl >= COARSE_DEADLINE_MIN_TTL_NS {
+                return read(libc::CLOCK_MONOTONIC_COARSE).saturating_add(ttl);
+            }
+        }
+        self.now().saturating_add(ttl)
+    }
 }
 
 /// A clock that only moves when told to: for tests.
@@ -97,6 +122,22 @@ mod tests {
         assert!(!c.before(a));
         // Near the deadline the precise clock decides.
         assert!(c.before(c.now() + 5_000_000));
+    }
+
+    #[test]
+    fn coarse_deadlines_are_early_by_at_most_a_tick() {
+        let c = MonotonicClock;
+        let ttl = 5_000_000_000;
+        let before = c.now();
+        let d = c.deadline_after(ttl);
+        let after = c.now();
+        assert!(d <= after + ttl, "never late");
+        assert!(
+            d + COARSE_SLACK_NS >= before + ttl,
+            "early by less than the slack"
+        );
+        let short = c.deadline_after(1_000);
+        assert!(short >= before + 1_000, "short ttls use the precise clock");
     }
 
     #[test]

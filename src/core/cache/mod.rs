@@ -411,7 +411,7 @@ impl<V> Cache<V> {
     fn deadline(&self, ttl: Option<u64>) -> u64 {
         match ttl.or(self.default_ttl) {
             None => NEVER,
-            Some(t) => self.clock.now().saturating_add(t).max(1),
+            Some(t) => self.clock.deadline_after(t).max(1),
         }
     }
 
