@@ -35,10 +35,17 @@ static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
 
 /// The cache's key as bytes: the str's UTF-8 (borrowed from the str object), or, for a str with
 /// lone surrogates, its `surrogatepass` encoding (one-to-one, prefix-preserving).
+#[inline]
 fn key_bytes<'a>(key: &'a Bound<'_, PyAny>) -> PyResult<Cow<'a, [u8]>> {
-    let s = key.cast::<PyString>().map_err(|_| {
-        PyTypeError::new_err(format!("cache keys must be str, not {}", type_name(key)))
-    })?;
+    // An exact str is a pointer comparison; subclasses take the (abi3: out-of-line) flags check.
+    let s = if key.is_exact_instance_of::<PyString>() {
+        // SAFETY: just checked that `key` is exactly a str.
+        unsafe { key.cast_unchecked::<PyString>() }
+    } else {
+        key.cast::<PyString>().map_err(|_| {
+            PyTypeError::new_err(format!("cache keys must be str, not {}", type_name(key)))
+        })?
+    };
     match s.to_str() {
         Ok(text) => Ok(Cow::Borrowed(text.as_bytes())),
         Err(_) => {

@@ -79,50 +79,115 @@ struct Counters {
     expirations: u64,
 }
 
-/// Keys up to this many bytes live inside their node: a lookup then touches one node-sized,
-/// 128-byte aligned block (one adjacent-line pair for the hardware prefetcher) instead of chasing
-/// a pointer to a separate allocation.
-pub const INLINE_KEY: usize = 86;
+/// Keys up to this many bytes live inside their node, which is then exactly one 64-byte cache
+/// line: a lookup touches the table and one line, with no pointer to chase.
+pub const INLINE_KEY: usize = 32;
 
-/// A key's bytes, inline when short.
-enum KeyBuf {
-    Inline { len: u8, buf: [u8; INLINE_KEY] },
-    Heap(Box<[u8]>),
+/// Marks of the last byte of a [`KeyBuf`]. A key of exactly [`INLINE_KEY`] bytes is stored raw
+/// when its last byte is below `LEN_MARK`, which every UTF-8 string's last byte is (ASCII or a
+/// continuation byte), the same trick as the `compact_str` crate.
+const LEN_MARK: u8 = 0xC0;
+const HEAP_MARK: u8 = 0xFF;
+
+/// A key's bytes in 32 bytes: inline when they fit, else a pointer and length to a heap copy
+/// (the pointer kept as a pointer, so its provenance survives).
+#[repr(C)]
+union KeyBuf {
+    bytes: [u8; INLINE_KEY],
+    heap: HeapKey,
 }
 
-impl KeyBuf {
-    const EMPTY: KeyBuf = KeyBuf::Inline {
-        len: 0,
-        buf: [0; INLINE_KEY],
-    };
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct HeapKey {
+    ptr: *mut u8,
+    len: usize,
+    _pad: [u8; INLINE_KEY - 1 - 2 * std::mem::size_of::<usize>()],
+    mark: u8,
+}
 
+// SAFETY: a KeyBuf owns its heap copy exclusively (like a `Box<[u8]>`) and never shares it.
+unsafe impl Send for KeyBuf {}
+// SAFETY: shared access only reads the bytes.
+unsafe impl Sync for KeyBuf {}
+
+impl KeyBuf {
     #[inline]
     fn new(key: &[u8]) -> Self {
-        if key.len() <= INLINE_KEY {
-            let mut buf = [0; INLINE_KEY];
-            buf[..key.len()].copy_from_slice(key);
-            KeyBuf::Inline {
-                len: key.len() as u8,
-                buf,
-            }
+        let n = key.len();
+        if n < INLINE_KEY {
+            let mut b = [0u8; INLINE_KEY];
+            b[..n].copy_from_slice(key);
+            b[INLINE_KEY - 1] = LEN_MARK | n as u8;
+            KeyBuf { bytes: b }
+        } else if n == INLINE_KEY && key[n - 1] < LEN_MARK {
+            let mut b = [0u8; INLINE_KEY];
+            b.copy_from_slice(key);
+            KeyBuf { bytes: b }
         } else {
-            KeyBuf::Heap(key.into())
+            KeyBuf {
+                heap: HeapKey {
+                    ptr: Box::into_raw(Box::<[u8]>::from(key)) as *mut u8,
+                    len: n,
+                    _pad: [0; INLINE_KEY - 1 - 2 * std::mem::size_of::<usize>()],
+                    mark: HEAP_MARK,
+                },
+            }
         }
+    }
+
+    #[inline]
+    fn mark(&self) -> u8 {
+        // SAFETY: every variant initializes all 32 bytes, and the last byte is a plain u8 in both.
+        unsafe { self.bytes[INLINE_KEY - 1] }
+    }
+
+    #[inline]
+    fn heap_parts(&self) -> Option<(*mut u8, usize)> {
+        if self.mark() != HEAP_MARK {
+            return None;
+        }
+        // SAFETY: the heap mark is only ever written together with the `heap` variant.
+        let h = unsafe { self.heap };
+        Some((h.ptr, h.len))
     }
 
     #[inline]
     fn as_bytes(&self) -> &[u8] {
-        match self {
-            KeyBuf::Inline { len, buf } => &buf[..*len as usize],
-            KeyBuf::Heap(b) => b,
+        let mark = self.mark();
+        if mark < LEN_MARK {
+            // SAFETY: an inline key of exactly 32 bytes.
+            unsafe { &self.bytes }
+        } else if mark != HEAP_MARK {
+            // SAFETY: an inline key shorter than 32 bytes, its length in the mark.
+            unsafe { &self.bytes[..(mark - LEN_MARK) as usize] }
+        } else {
+            let (ptr, len) = self.heap_parts().expect("heap mark");
+            // SAFETY: `ptr`/`len` come from `Box::into_raw` of a `[u8]` of that length in `new`,
+            // owned by this KeyBuf until `drop`.
+            unsafe { std::slice::from_raw_parts(ptr, len) }
+        }
+    }
+
+    /// Heap bytes owned by this key.
+    fn heap_len(&self) -> usize {
+        self.heap_parts().map_or(0, |(_, len)| len)
+    }
+}
+
+impl Drop for KeyBuf {
+    fn drop(&mut self) {
+        if let Some((ptr, len)) = self.heap_parts() {
+            // SAFETY: see `as_bytes`; this is the one place the box is given back.
+            drop(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(ptr, len)) });
         }
     }
 }
 
-#[repr(align(128))]
+/// One entry, one cache line (for values with a niche, such as `Py<PyAny>` or `Box<T>`).
+#[repr(C, align(64))]
 struct Node<V> {
     key: KeyBuf,
-    hash: u64,
     value: Option<V>,
     expires_at: u64,
     stamp: u64,
@@ -132,6 +197,9 @@ struct Node<V> {
 }
 
 struct Shard<V> {
+    /// The cache's hasher (the same seed in every shard); nodes do not store their hash, so
+    /// removal and table growth hash the key again.
+    hasher: foldhash::fast::RandomState,
     table: HashTable<u32>,
     nodes: Vec<Node<V>>,
     free: u32,
@@ -171,8 +239,9 @@ pub struct Cache<V> {
 }
 
 impl<V> Shard<V> {
-    fn new() -> Self {
+    fn new(hasher: foldhash::fast::RandomState) -> Self {
         Shard {
+            hasher,
             table: HashTable::new(),
             nodes: Vec::new(),
             free: NIL,
@@ -188,10 +257,7 @@ impl<V> Shard<V> {
     fn find(&self, hash: u64, key: &[u8]) -> Option<u32> {
         let nodes = &self.nodes;
         self.table
-            .find(hash, |&i| {
-                let n = &nodes[i as usize];
-                n.hash == hash && n.key.as_bytes() == key
-            })
+            .find(hash, |&i| nodes[i as usize].key.as_bytes() == key)
             .copied()
     }
 
@@ -241,13 +307,13 @@ impl<V> Shard<V> {
     /// Unlinks node `i`, removes it from the table and frees its slot; returns its value.
     fn remove(&mut self, i: u32) -> V {
         self.unlink(i);
-        let hash = self.nodes[i as usize].hash;
+        let hash = self.hasher.hash_one(self.nodes[i as usize].key.as_bytes());
         if let Ok(entry) = self.table.find_entry(hash, |&j| j == i) {
             entry.remove();
         }
         let free = self.free;
         let n = &mut self.nodes[i as usize];
-        n.key = KeyBuf::EMPTY;
+        n.key = KeyBuf::new(b"");
         n.next = free;
         n.prev = NIL;
         self.free = i;
@@ -258,7 +324,6 @@ impl<V> Shard<V> {
     fn insert_new(&mut self, hash: u64, key: &[u8], value: V, expires_at: u64, stamp: u64) {
         let node = Node {
             key: KeyBuf::new(key),
-            hash,
             value: Some(value),
             expires_at,
             stamp,
@@ -275,9 +340,10 @@ impl<V> Shard<V> {
             self.nodes.push(node);
             i
         };
-        let nodes = &self.nodes;
-        self.table
-            .insert_unique(hash, i, |&j| nodes[j as usize].hash);
+        let (nodes, hasher) = (&self.nodes, &self.hasher);
+        self.table.insert_unique(hash, i, |&j| {
+            hasher.hash_one(nodes[j as usize].key.as_bytes())
+        });
         self.push_front(i);
         self.len += 1;
     }
@@ -342,10 +408,11 @@ impl<V> Cache<V> {
             return Err(Error::InvalidArgument("ttl must be > 0".into()));
         }
         let n = shards_for(max_size);
+        let hasher = foldhash::fast::RandomState::default();
         Ok(Cache {
             slots: (0..n)
                 .map(|_| Slot {
-                    shard: Mutex::new(Shard::new()),
+                    shard: Mutex::new(Shard::new(hasher.clone())),
                 })
                 .collect(),
             tail_stamps: (0..n).map(|_| AtomicU64::new(EMPTY)).collect(),
@@ -355,7 +422,7 @@ impl<V> Cache<V> {
             default_ttl,
             clock,
             stamp: AtomicU64::new(1),
-            hasher: foldhash::fast::RandomState::default(),
+            hasher,
         })
     }
 
@@ -707,7 +774,7 @@ impl<V> Cache<V> {
                 let mut shard = self.lock(idx);
                 let n = shard.len;
                 let counters = std::mem::take(&mut shard.counters);
-                let old = std::mem::replace(&mut *shard, Shard::new());
+                let old = std::mem::replace(&mut *shard, Shard::new(self.hasher.clone()));
                 shard.counters = counters;
                 self.reserved.fetch_sub(n, Ordering::Release);
                 self.publish_tail(idx, &shard);
@@ -840,10 +907,8 @@ impl<V> Cache<V> {
             total += shard
                 .nodes
                 .iter()
-                .filter_map(|n| match &n.key {
-                    KeyBuf::Heap(b) if n.value.is_some() => Some(b.len()),
-                    _ => None,
-                })
+                .filter(|n| n.value.is_some())
+                .map(|n| n.key.heap_len())
                 .sum::<usize>();
         }
         total
@@ -866,8 +931,25 @@ mod tests {
     #[test]
     fn nodes_fill_one_aligned_block() {
         // Values with a niche (like `Py<PyAny>`) keep `Option<V>` at one word.
-        assert_eq!(std::mem::size_of::<Node<Box<u64>>>(), 128);
-        assert_eq!(std::mem::size_of::<KeyBuf>(), 88);
+        assert_eq!(std::mem::size_of::<Node<Box<u64>>>(), 64);
+        assert_eq!(std::mem::align_of::<Node<Box<u64>>>(), 64);
+        assert_eq!(std::mem::size_of::<KeyBuf>(), INLINE_KEY);
+    }
+
+    #[test]
+    fn key_buf_round_trips_every_length_and_last_byte() {
+        for n in 0..=INLINE_KEY + 2 {
+            for last in [b'a', 0x7f, 0x80, 0xbf, 0xc0, 0xdf, 0xfe, 0xff] {
+                let mut key = vec![b'k'; n];
+                if let Some(l) = key.last_mut() {
+                    *l = last;
+                }
+                let buf = KeyBuf::new(&key);
+                assert_eq!(buf.as_bytes(), &key[..], "len {n} last {last:#x}");
+                let heap = n > INLINE_KEY || (n == INLINE_KEY && last >= LEN_MARK);
+                assert_eq!(buf.heap_len(), if heap { n } else { 0 });
+            }
+        }
     }
 
     #[test]
