@@ -1,7 +1,8 @@
 //! A sharded LRU + TTL cache with O(1) eviction and a strict size bound.
 //!
-//! Layout: a power-of-two number of shards, each a mutex around a hash table of slot indices, a
-//! slab of nodes and an intrusive doubly linked recency list (head = most recent). Every use
+//! Layout: a power-of-two number of shards, each a mutex around an open-addressing index (key
+//! hash -> slot), a slab of one-cache-line nodes (keys up to 32 bytes inline) and an intrusive
+//! doubly linked recency list (head = most recent). Every use
 //! stamps the node from one global counter, and each shard publishes the stamp of its tail in an
 //! array of atomics. To make room, the cache reads those stamps (one load per shard, at most
 //! [`MAX_SHARDS`]) and evicts the tail with the oldest stamp: constant work that does not grow
@@ -12,20 +13,24 @@
 //! dropped while a shard lock is held, so a value whose destructor re-enters the cache (a Python
 //! `__del__`) cannot deadlock it.
 
+mod index;
 pub mod sweeper;
 
 use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use hashbrown::HashTable;
 use parking_lot::{Mutex, MutexGuard};
+
+use self::index::Index;
 
 use crate::core::clock::{Clock, MonotonicClock};
 use crate::core::error::{Error, Result};
 
 /// The most shards a cache is split into (eviction reads one stamp per shard).
 pub const MAX_SHARDS: usize = 16;
+// The shard is taken from the top 4 bits of the hash.
+const _: () = assert!(MAX_SHARDS <= 16 && MAX_SHARDS.is_power_of_two());
 /// Aim for at least this many entries per shard, so small caches keep one exact LRU list.
 const ENTRIES_PER_SHARD: usize = 256;
 const NIL: u32 = u32::MAX;
@@ -198,9 +203,9 @@ struct Node<V> {
 
 struct Shard<V> {
     /// The cache's hasher (the same seed in every shard); nodes do not store their hash, so
-    /// removal and table growth hash the key again.
+    /// removal hashes the key again.
     hasher: foldhash::fast::RandomState,
-    table: HashTable<u32>,
+    table: Index,
     nodes: Vec<Node<V>>,
     free: u32,
     head: u32,
@@ -242,7 +247,7 @@ impl<V> Shard<V> {
     fn new(hasher: foldhash::fast::RandomState) -> Self {
         Shard {
             hasher,
-            table: HashTable::new(),
+            table: Index::new(),
             nodes: Vec::new(),
             free: NIL,
             head: NIL,
@@ -257,8 +262,7 @@ impl<V> Shard<V> {
     fn find(&self, hash: u64, key: &[u8]) -> Option<u32> {
         let nodes = &self.nodes;
         self.table
-            .find(hash, |&i| nodes[i as usize].key.as_bytes() == key)
-            .copied()
+            .find(hash as u32, |i| nodes[i as usize].key.as_bytes() == key)
     }
 
     #[inline]
@@ -308,9 +312,8 @@ impl<V> Shard<V> {
     fn remove(&mut self, i: u32) -> V {
         self.unlink(i);
         let hash = self.hasher.hash_one(self.nodes[i as usize].key.as_bytes());
-        if let Ok(entry) = self.table.find_entry(hash, |&j| j == i) {
-            entry.remove();
-        }
+        let removed = self.table.remove(hash as u32, i);
+        debug_assert!(removed, "a linked node is indexed");
         let free = self.free;
         let n = &mut self.nodes[i as usize];
         n.key = KeyBuf::new(b"");
@@ -340,10 +343,7 @@ impl<V> Shard<V> {
             self.nodes.push(node);
             i
         };
-        let (nodes, hasher) = (&self.nodes, &self.hasher);
-        self.table.insert_unique(hash, i, |&j| {
-            hasher.hash_one(nodes[j as usize].key.as_bytes())
-        });
+        self.table.insert(hash as u32, i);
         self.push_front(i);
         self.len += 1;
     }
@@ -453,8 +453,9 @@ impl<V> Cache<V> {
 
     #[inline]
     fn shard_of(&self, hash: u64) -> usize {
-        // hashbrown uses the top 7 bits and the low bits; take the shard from the middle.
-        (hash >> 32) as usize & self.shard_mask
+        // The index takes its tag (and home position) from the low 32 bits; the shard comes from
+        // the top bits.
+        (hash >> 60) as usize & self.shard_mask
     }
 
     /// The next recency stamp. A plain load and store, not an atomic increment: two threads
@@ -902,8 +903,7 @@ impl<V> Cache<V> {
         for idx in 0..self.slots.len() {
             let shard = self.lock(idx);
             total += shard.nodes.capacity() * std::mem::size_of::<Node<V>>();
-            // hashbrown: one u32 bucket plus one control byte per bucket.
-            total += shard.table.capacity() * 8 / 7 * (std::mem::size_of::<u32>() + 1);
+            total += shard.table.heap_bytes();
             total += shard
                 .nodes
                 .iter()
