@@ -61,7 +61,7 @@ $(BENCH_STAMP): $(DEPS_STAMP)
 	$(PIP_INSTALL) --group bench
 	touch $@
 
-bench: bench-py bench-rust ## side-by-side benchmarks; writes docs/benchmarks.md
+bench: bench-rust bench-py ## side-by-side benchmarks (criterion, then Python); writes docs/benchmarks.md
 
 bench-py: build $(BENCH_STAMP) ## Python benchmarks against the peers (writes docs/benchmarks.md)
 	$(BIN)/python benches/py/run.py --output docs/benchmarks.md

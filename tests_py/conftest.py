@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+from typing import cast
 
 import pytest
 
 import sark_native
 from sark_native import _backend
+from sark_native._backend import Backend
 
 # In the normal run a missing extension is a failure, not a reason to skip: CI must prove the
 # Rust path. Only the run with SARK_NATIVE_BACKEND=python drops the "rust" parameter.
@@ -22,6 +24,6 @@ BACKENDS = ["rust", "python"] if sark_native.RUST_AVAILABLE else ["python"]
 
 
 @pytest.fixture(params=BACKENDS)
-def backend(request: pytest.FixtureRequest) -> str:
+def backend(request: pytest.FixtureRequest) -> Backend:
     """Each test that takes this fixture runs once per available backend."""
-    return str(request.param)
+    return cast(Backend, request.param)

@@ -13,6 +13,7 @@ import pytest
 
 import sark_native
 from sark_native import _backend
+from sark_native._backend import Backend
 from sark_native.exceptions import BackendUnavailableError
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -129,7 +130,7 @@ def test_a_missing_or_broken_extension_falls_back_with_one_warning(exc: str) -> 
     assert "pure-Python" in warnings[0]
 
 
-def test_rust_backend_is_the_native_object_itself(backend: str) -> None:
+def test_rust_backend_is_the_native_object_itself(backend: Backend) -> None:
     c = sark_native.Cache(backend=backend)
     if backend == "rust":
         assert type(c) is _backend.native().Cache

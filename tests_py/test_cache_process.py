@@ -11,6 +11,7 @@ import time
 import warnings
 
 import sark_native
+from sark_native._backend import Backend
 
 
 def run_python(code: str, backend: str) -> subprocess.CompletedProcess[str]:
@@ -63,7 +64,7 @@ print("OK")
 """
 
 
-def test_sweeper_starts_lazily_and_stops_with_its_caches(backend: str) -> None:
+def test_sweeper_starts_lazily_and_stops_with_its_caches(backend: Backend) -> None:
     proc = run_python(LIFECYCLE, backend)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "OK"
@@ -81,7 +82,7 @@ print("bye")
 """
 
 
-def test_interpreter_exits_cleanly_with_live_caches_and_sweeper(backend: str) -> None:
+def test_interpreter_exits_cleanly_with_live_caches_and_sweeper(backend: Backend) -> None:
     proc = run_python(EXIT, backend)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "bye"
@@ -89,7 +90,7 @@ def test_interpreter_exits_cleanly_with_live_caches_and_sweeper(backend: str) ->
     assert proc.stderr == ""
 
 
-def test_cache_and_sweeper_work_in_a_forked_child(backend: str) -> None:
+def test_cache_and_sweeper_work_in_a_forked_child(backend: Backend) -> None:
     c = sark_native.Cache(max_size=1000, ttl=60.0, backend=backend)
     for i in range(500):
         c.set(f"k{i}", i)

@@ -7,6 +7,7 @@ import pytest
 
 import sark_native
 from sark_native import exceptions as ex
+from sark_native._backend import Backend
 
 
 @pytest.mark.parametrize(
@@ -57,14 +58,14 @@ def test_remote_error_carries_the_remote_type_and_message() -> None:
 # single mapping function, on both backends.
 
 
-def test_invalid_argument_maps_to_value_error(backend: str) -> None:
+def test_invalid_argument_maps_to_value_error(backend: Backend) -> None:
     with pytest.raises(ValueError, match="max_size"):
-        sark_native.Cache(max_size=0, backend=backend)  # type: ignore[arg-type]
+        sark_native.Cache(max_size=0, backend=backend)
     with pytest.raises(ValueError, match="ttl"):
         sark_native.Cache(ttl=-1.0, backend=backend)
 
 
-def test_cache_error_is_the_python_class(backend: str) -> None:
+def test_cache_error_is_the_python_class(backend: Backend) -> None:
     c = sark_native.Cache(backend=backend)
 
     def reenter() -> object:

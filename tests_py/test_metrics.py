@@ -9,13 +9,14 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 import sark_native
 from sark_native import metrics
+from sark_native._backend import Backend
 
 
 def sample(registry: CollectorRegistry, name: str, **labels: str) -> float | None:
     return registry.get_sample_value(name, labels)
 
 
-def test_cache_operations_are_counted_per_name_and_implementation(backend: str) -> None:
+def test_cache_operations_are_counted_per_name_and_implementation(backend: Backend) -> None:
     registry = CollectorRegistry()
     metrics.register(registry)
     name = f"test-{uuid.uuid4().hex}"
@@ -39,7 +40,7 @@ def test_cache_operations_are_counted_per_name_and_implementation(backend: str) 
     assert rust_size == (1 if backend == "rust" else None)
 
 
-def test_counters_survive_a_dropped_cache(backend: str) -> None:
+def test_counters_survive_a_dropped_cache(backend: Backend) -> None:
     registry = CollectorRegistry()
     metrics.register(registry)
     name = f"test-{uuid.uuid4().hex}"
