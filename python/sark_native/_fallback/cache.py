@@ -8,6 +8,7 @@ Python cache, as in the Rust backend.
 
 from __future__ import annotations
 
+import atexit
 import math
 import os
 import sys
@@ -508,6 +509,7 @@ class _Sweeper:
 
 
 _sweeper = _Sweeper()
+atexit.register(_sweeper.shutdown)
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(
