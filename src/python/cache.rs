@@ -319,15 +319,7 @@ impl PyCache {
 
     /// `{"hits", "misses", "evictions", "expirations", "size", "max_size"}`.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let s = self.inner.stats();
-        let d = PyDict::new(py);
-        d.set_item("hits", s.hits)?;
-        d.set_item("misses", s.misses)?;
-        d.set_item("evictions", s.evictions)?;
-        d.set_item("expirations", s.expirations)?;
-        d.set_item("size", s.size)?;
-        d.set_item("max_size", s.max_size)?;
-        Ok(d)
+        stats_dict(py, &self.inner.stats(), false)
     }
 
     /// A snapshot of the live keys.
@@ -414,6 +406,22 @@ impl Drop for PyCache {
     }
 }
 
+/// The counters as a dict: the contract's six keys, plus `sets` and `deletes` for the metrics.
+fn stats_dict<'py>(py: Python<'py>, s: &Stats, with_writes: bool) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("hits", s.hits)?;
+    d.set_item("misses", s.misses)?;
+    d.set_item("evictions", s.evictions)?;
+    d.set_item("expirations", s.expirations)?;
+    d.set_item("size", s.size)?;
+    d.set_item("max_size", s.max_size)?;
+    if with_writes {
+        d.set_item("sets", s.sets)?;
+        d.set_item("deletes", s.deletes)?;
+    }
+    Ok(d)
+}
+
 /// The counters of every native cache, summed by name: `[(name, {counter: value})]`.
 #[pyfunction]
 pub fn _cache_metrics(py: Python<'_>) -> PyResult<Vec<(String, Bound<'_, PyDict>)>> {
@@ -436,16 +444,7 @@ pub fn _cache_metrics(py: Python<'_>) -> PyResult<Vec<(String, Bound<'_, PyDict>
     drop(live);
     let mut out = Vec::with_capacity(totals.len());
     for (name, s) in totals {
-        let d = PyDict::new(py);
-        d.set_item("hits", s.hits)?;
-        d.set_item("misses", s.misses)?;
-        d.set_item("sets", s.sets)?;
-        d.set_item("deletes", s.deletes)?;
-        d.set_item("evictions", s.evictions)?;
-        d.set_item("expirations", s.expirations)?;
-        d.set_item("size", s.size)?;
-        d.set_item("max_size", s.max_size)?;
-        out.push((name, d));
+        out.push((name, stats_dict(py, &s, true)?));
     }
     Ok(out)
 }

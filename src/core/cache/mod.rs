@@ -74,16 +74,6 @@ impl Stats {
     }
 }
 
-#[derive(Default)]
-struct Counters {
-    hits: u64,
-    misses: u64,
-    sets: u64,
-    deletes: u64,
-    evictions: u64,
-    expirations: u64,
-}
-
 /// Keys up to this many bytes live inside their node, which is then exactly one 64-byte cache
 /// line: a lookup touches the table and one line, with no pointer to chase.
 pub const INLINE_KEY: usize = 32;
@@ -211,7 +201,8 @@ struct Shard<V> {
     head: u32,
     tail: u32,
     len: usize,
-    counters: Counters,
+    /// This shard's counters (`size` and `max_size` unused here).
+    counters: Stats,
     sweep_cursor: usize,
 }
 
@@ -253,7 +244,7 @@ impl<V> Shard<V> {
             head: NIL,
             tail: NIL,
             len: 0,
-            counters: Counters::default(),
+            counters: Stats::default(),
             sweep_cursor: 0,
         }
     }
@@ -849,14 +840,7 @@ impl<V> Cache<V> {
             ..Stats::default()
         };
         for idx in 0..self.slots.len() {
-            let shard = self.lock(idx);
-            let c = &shard.counters;
-            s.hits += c.hits;
-            s.misses += c.misses;
-            s.sets += c.sets;
-            s.deletes += c.deletes;
-            s.evictions += c.evictions;
-            s.expirations += c.expirations;
+            s.accumulate(&self.lock(idx).counters);
         }
         s.size = self.len() as u64;
         s
