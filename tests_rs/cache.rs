@@ -9,7 +9,7 @@ use sark_native::core::clock::ManualClock;
 
 const SEC: u64 = 1_000_000_000;
 
-fn manual(max: usize, ttl: Option<u64>) -> (Cache<u64>, Arc<ManualClock>) {
+fn manual(max: usize, ttl: Option<u64>) -> (Cache<u64, ManualClock>, Arc<ManualClock>) {
     let clock = Arc::new(ManualClock::new(1_000 * SEC));
     (Cache::with_clock(max, ttl, clock.clone()).unwrap(), clock)
 }

@@ -221,7 +221,7 @@ enum Probe<R, V> {
 }
 
 /// A sharded LRU + TTL cache. See the module documentation.
-pub struct Cache<V> {
+pub struct Cache<V, C: Clock = MonotonicClock> {
     slots: Box<[Slot<V>]>,
     tail_stamps: Box<[AtomicU64]>,
     shard_mask: usize,
@@ -229,7 +229,7 @@ pub struct Cache<V> {
     reserved: AtomicUsize,
     max_size: usize,
     default_ttl: Option<u64>,
-    clock: Arc<dyn Clock>,
+    clock: Arc<C>,
     stamp: AtomicU64,
     hasher: foldhash::fast::RandomState,
 }
@@ -383,13 +383,11 @@ impl<V> Cache<V> {
     pub fn new(max_size: usize, default_ttl: Option<u64>) -> Result<Self> {
         Self::with_clock(max_size, default_ttl, Arc::new(MonotonicClock))
     }
+}
 
-    /// As [`Cache::new`], on the given clock.
-    pub fn with_clock(
-        max_size: usize,
-        default_ttl: Option<u64>,
-        clock: Arc<dyn Clock>,
-    ) -> Result<Self> {
+impl<V, C: Clock> Cache<V, C> {
+    /// As [`Cache::new`], on the given clock (tests inject a [`crate::core::clock::ManualClock`]).
+    pub fn with_clock(max_size: usize, default_ttl: Option<u64>, clock: Arc<C>) -> Result<Self> {
         if max_size < 1 {
             return Err(Error::InvalidArgument(format!(
                 "max_size must be >= 1, not {max_size}"
@@ -433,8 +431,8 @@ impl<V> Cache<V> {
     }
 
     /// The clock this cache reads.
-    pub fn clock(&self) -> &dyn Clock {
-        &*self.clock
+    pub fn clock(&self) -> &C {
+        &self.clock
     }
 
     #[inline]
@@ -962,7 +960,8 @@ mod tests {
 
     #[test]
     fn slots_are_reused_after_removal() {
-        let c: Cache<u32> = Cache::with_clock(4, None, Arc::new(ManualClock::new(1))).unwrap();
+        let c: Cache<u32, ManualClock> =
+            Cache::with_clock(4, None, Arc::new(ManualClock::new(1))).unwrap();
         for round in 0..10 {
             for k in 0..4u32 {
                 c.insert(format!("k{k}").as_bytes(), k + round, None);

@@ -14,6 +14,7 @@ use std::time::Duration;
 use parking_lot::{Condvar, Mutex};
 
 use super::Cache;
+use crate::core::clock::Clock;
 
 /// How often the sweeper wakes.
 pub const INTERVAL: Duration = Duration::from_millis(1000);
@@ -27,7 +28,7 @@ pub trait Sweep: Send + Sync {
     fn sweep(&self, budget: usize) -> usize;
 }
 
-impl<V: Send> Sweep for Cache<V> {
+impl<V: Send, C: Clock> Sweep for Cache<V, C> {
     fn sweep(&self, budget: usize) -> usize {
         Cache::sweep(self, budget)
     }
