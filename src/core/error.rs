@@ -10,12 +10,28 @@ pub enum Error {
     InvalidArgument(String),
     /// A cache operation cannot proceed, e.g. a loader re-entering its own key (`CacheError`).
     Cache(String),
+    /// A password hash string is malformed or has parameters beyond the caps (`InvalidHashError`).
+    InvalidHash(String),
+    /// The password does not match the hash (`VerifyMismatchError`).
+    VerifyMismatch,
+    /// A hash could not be verified for another reason (`VerificationError`).
+    Verification(String),
+    /// A bounded queue is full, or its pool is shut down (`OverloadedError`).
+    Overloaded(String),
+    /// An internal invariant failed, e.g. a worker panicked (`RuntimeError`).
+    Internal(String),
 }
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::InvalidArgument(msg) | Error::Cache(msg) => f.write_str(msg),
+            Error::InvalidArgument(msg)
+            | Error::Cache(msg)
+            | Error::InvalidHash(msg)
+            | Error::Verification(msg)
+            | Error::Overloaded(msg)
+            | Error::Internal(msg) => f.write_str(msg),
+            Error::VerifyMismatch => f.write_str("The password does not match the supplied hash"),
         }
     }
 }

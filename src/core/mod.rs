@@ -2,4 +2,5 @@
 pub mod cache;
 pub mod clock;
 pub mod error;
+pub mod hashing;
 pub mod single_flight;

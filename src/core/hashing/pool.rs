@@ -1,0 +1,311 @@
+//! The process-wide hash pool: a fixed number of worker threads, each owning one reusable Argon2
+//! memory block, fed from one bounded queue.
+//!
+//! * Lazy: nothing starts until the first [`submit`].
+//! * Bounded: past `max_pending` queued jobs, [`submit`] fails at once with `Overloaded` (load
+//!   shedding), so a burst cannot grow memory without limit.
+//! * Fork-safe: the pool remembers the pid that built it; a forked child (where the workers do
+//!   not exist) forgets it and builds a fresh one on first use. [`before_fork`] holds the pool's
+//!   lock across `fork()` so no thread is half-way through replacing it.
+//! * [`shutdown`] (interpreter exit) lets the workers drain the queue, joins them, and refuses
+//!   new work.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::thread::JoinHandle;
+
+use parking_lot::{Condvar, Mutex, MutexGuard};
+
+use super::{Memory, metrics};
+use crate::core::error::{Error, Result};
+
+/// A unit of work; it gets the worker's memory block.
+pub type Job = Box<dyn FnOnce(&mut Memory) + Send + 'static>;
+
+/// Environment variable giving the number of workers (when not configured in code).
+pub const WORKERS_ENV: &str = "SARK_NATIVE_HASH_WORKERS";
+/// Default bound on queued (not yet running) jobs.
+pub const DEFAULT_MAX_PENDING: usize = 1024;
+/// Most workers a pool may have.
+pub const MAX_WORKERS: usize = 256;
+const THREAD_NAME: &str = "sark-hash";
+
+/// Size of the pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settings {
+    pub workers: usize,
+    pub max_pending: usize,
+}
+
+/// max(min(cpu, 4), 1): the ADR's bound, leaving cores to the event loop.
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, 4)
+}
+
+fn env_workers() -> Option<usize> {
+    let raw = std::env::var(WORKERS_ENV).ok()?;
+    let n = raw.trim().parse::<usize>().ok()?;
+    (1..=MAX_WORKERS).contains(&n).then_some(n)
+}
+
+struct Queue {
+    jobs: VecDeque<Job>,
+    closing: bool,
+}
+
+struct Shared {
+    pid: u32,
+    settings: Settings,
+    queue: Mutex<Queue>,
+    ready: Condvar,
+    handles: Mutex<Vec<JoinHandle<()>>>,
+}
+
+struct Global {
+    pool: Option<Arc<Shared>>,
+    /// Set by [`configure`]; otherwise the environment, then the default.
+    configured: Option<Settings>,
+    stopped: bool,
+}
+
+static GLOBAL: Mutex<Global> = Mutex::new(Global {
+    pool: None,
+    configured: None,
+    stopped: false,
+});
+/// Jobs queued and not yet taken by a worker, for the queue depth gauge.
+static QUEUED: AtomicUsize = AtomicUsize::new(0);
+/// Jobs a worker is running.
+static RUNNING: AtomicUsize = AtomicUsize::new(0);
+
+fn effective(g: &Global) -> Settings {
+    g.configured.unwrap_or_else(|| Settings {
+        workers: env_workers().unwrap_or_else(default_workers),
+        max_pending: DEFAULT_MAX_PENDING,
+    })
+}
+
+/// The settings the pool has, or will have when it starts.
+pub fn settings() -> Settings {
+    let g = GLOBAL.lock();
+    match &g.pool {
+        Some(p) if p.pid == std::process::id() => p.settings,
+        _ => effective(&g),
+    }
+}
+
+/// Sets the pool size. A running pool is retired (its workers finish the queued jobs, then
+/// exit) and the next job starts a new one.
+pub fn configure(workers: Option<usize>, max_pending: Option<usize>) -> Result<Settings> {
+    if let Some(w) = workers
+        && !(1..=MAX_WORKERS).contains(&w)
+    {
+        return Err(Error::InvalidArgument(format!(
+            "hash_workers must be between 1 and {MAX_WORKERS}, got {w}"
+        )));
+    }
+    if max_pending == Some(0) {
+        return Err(Error::InvalidArgument(
+            "hash_max_pending must be >= 1".into(),
+        ));
+    }
+    let mut g = GLOBAL.lock();
+    let current = effective(&g);
+    let new = Settings {
+        workers: workers.unwrap_or(current.workers),
+        max_pending: max_pending.unwrap_or(current.max_pending),
+    };
+    g.configured = Some(new);
+    if let Some(old) = g.pool.take() {
+        if old.pid == std::process::id() {
+            retire(&old);
+        } else {
+            std::mem::forget(old);
+        }
+    }
+    Ok(new)
+}
+
+/// Tells a pool's workers to finish the queue and exit, without waiting for them.
+fn retire(shared: &Shared) {
+    shared.queue.lock().closing = true;
+    shared.ready.notify_all();
+    shared.handles.lock().clear(); // detach
+}
+
+fn start(settings: Settings) -> Result<Arc<Shared>> {
+    let shared = Arc::new(Shared {
+        pid: std::process::id(),
+        settings,
+        queue: Mutex::new(Queue {
+            jobs: VecDeque::new(),
+            closing: false,
+        }),
+        ready: Condvar::new(),
+        handles: Mutex::new(Vec::new()),
+    });
+    let mut handles = Vec::with_capacity(settings.workers);
+    for i in 0..settings.workers {
+        let s = Arc::clone(&shared);
+        match std::thread::Builder::new()
+            .name(format!("{THREAD_NAME}-{i}"))
+            .spawn(move || run(&s))
+        {
+            Ok(h) => handles.push(h),
+            Err(e) if handles.is_empty() => {
+                return Err(Error::Internal(format!("cannot start a hash worker: {e}")));
+            }
+            Err(_) => break, // fewer workers than asked: still a working pool
+        }
+    }
+    *shared.handles.lock() = handles;
+    Ok(shared)
+}
+
+fn run(shared: &Shared) {
+    let mut memory: Memory = Vec::new();
+    loop {
+        let job = {
+            let mut q = shared.queue.lock();
+            loop {
+                if let Some(job) = q.jobs.pop_front() {
+                    QUEUED.fetch_sub(1, Ordering::Relaxed);
+                    break Some(job);
+                }
+                if q.closing {
+                    break None;
+                }
+                shared.ready.wait(&mut q);
+            }
+        };
+        let Some(job) = job else { return };
+        RUNNING.fetch_add(1, Ordering::Relaxed);
+        // A job that panics must not take the worker with it; jobs built by [`guarded`] never do.
+        if catch_unwind(AssertUnwindSafe(|| job(&mut memory))).is_err() {
+            memory = Vec::new();
+        }
+        RUNNING.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Queues `job`; `Overloaded` at once when `max_pending` jobs already wait or after
+/// [`shutdown`].
+pub fn submit(job: Job) -> Result<()> {
+    let shared = {
+        let mut g = GLOBAL.lock();
+        if g.stopped {
+            return Err(Error::Overloaded("the hash pool is shut down".into()));
+        }
+        match &g.pool {
+            Some(p) if p.pid == std::process::id() => Arc::clone(p),
+            _ => {
+                // None yet, or one inherited through fork() whose workers this process lacks:
+                // leak it (its thread handles are not ours to join or detach).
+                if let Some(old) = g.pool.take() {
+                    std::mem::forget(old);
+                    QUEUED.store(0, Ordering::Relaxed);
+                    RUNNING.store(0, Ordering::Relaxed);
+                }
+                let settings = effective(&g);
+                let p = start(settings)?;
+                g.pool = Some(Arc::clone(&p));
+                p
+            }
+        }
+    };
+    let mut q = shared.queue.lock();
+    if q.jobs.len() >= shared.settings.max_pending {
+        drop(q);
+        metrics::record_rejected();
+        return Err(Error::Overloaded(format!(
+            "the hash queue is full ({} jobs waiting)",
+            shared.settings.max_pending
+        )));
+    }
+    q.jobs.push_back(job);
+    QUEUED.fetch_add(1, Ordering::Relaxed);
+    drop(q);
+    shared.ready.notify_one();
+    Ok(())
+}
+
+/// Runs `f` and turns a panic into `Internal`, so a job always reports back.
+pub fn guarded<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
+    catch_unwind(AssertUnwindSafe(f))
+        .unwrap_or_else(|_| Err(Error::Internal("a hash worker panicked".into())))
+}
+
+/// Jobs waiting in the queue.
+pub fn queue_depth() -> usize {
+    QUEUED.load(Ordering::Relaxed)
+}
+
+/// Jobs being computed now.
+pub fn running() -> usize {
+    RUNNING.load(Ordering::Relaxed)
+}
+
+/// `true` while this process has a live pool.
+pub fn is_running() -> bool {
+    let g = GLOBAL.lock();
+    matches!(&g.pool, Some(p) if p.pid == std::process::id())
+}
+
+thread_local! {
+    /// The pool lock held across `fork()` by the forking thread (see [`before_fork`]).
+    static FORK_GUARD: RefCell<Option<MutexGuard<'static, Global>>> = const { RefCell::new(None) };
+}
+
+/// Before `fork()`: take the pool lock and hold it across the fork, so the child never inherits
+/// it mid-update. Workers never take it, so this cannot wait on a running hash.
+pub fn before_fork() {
+    let guard = GLOBAL.lock();
+    FORK_GUARD.with(|g| *g.borrow_mut() = Some(guard));
+}
+
+fn release_fork_lock() {
+    FORK_GUARD.with(|g| drop(g.borrow_mut().take()));
+}
+
+/// After `fork()`, in the parent: release the lock taken by [`before_fork`].
+pub fn after_fork_parent() {
+    release_fork_lock();
+}
+
+/// After `fork()`, in the child: the workers did not survive; forget the pool (its queued jobs
+/// belong to the parent) so the first job here starts a fresh one.
+pub fn after_fork_child() {
+    release_fork_lock();
+    let mut g = GLOBAL.lock();
+    if let Some(old) = g.pool.take() {
+        std::mem::forget(old);
+    }
+    QUEUED.store(0, Ordering::Relaxed);
+    RUNNING.store(0, Ordering::Relaxed);
+}
+
+/// At interpreter exit: refuse new work, let the workers finish the queue, and join them.
+pub fn shutdown() {
+    let old = {
+        let mut g = GLOBAL.lock();
+        g.stopped = true;
+        g.pool.take()
+    };
+    let Some(old) = old else { return };
+    if old.pid != std::process::id() {
+        std::mem::forget(old);
+        return;
+    }
+    old.queue.lock().closing = true;
+    old.ready.notify_all();
+    let handles = std::mem::take(&mut *old.handles.lock());
+    for h in handles {
+        let _ = h.join();
+    }
+}
