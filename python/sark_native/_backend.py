@@ -38,7 +38,7 @@ Backend = Literal["rust", "python"]
 BackendChoice = Literal["auto", "rust", "python"]
 
 #: Components that have a native and a pure-Python implementation.
-COMPONENTS: tuple[str, ...] = ("cache",)
+COMPONENTS: tuple[str, ...] = ("cache", "hashing")
 
 _forced = os.environ.get(ENV_VAR, "").strip().lower()
 if _forced not in ("", "auto", "rust", "python"):
@@ -106,7 +106,8 @@ def info() -> dict[str, Any]:
 
 
 def _install_process_hooks() -> None:
-    """Park native background threads around fork() and stop them at interpreter exit."""
+    """Park native background threads (the cache sweeper, the hash pool) around fork(), and stop
+    them at interpreter exit (the hash pool drains its queue first)."""
     if _native is None:
         return
     module = _native

@@ -4,33 +4,45 @@
 mod cache;
 mod errors;
 mod gil;
+mod hashing;
 
 use pyo3::prelude::*;
 
 use crate::core::cache::sweeper;
+use crate::core::hashing::pool;
 
 /// Before `os.fork()`: park background threads so none holds a lock across the fork.
 #[pyfunction]
 fn _before_fork(py: Python<'_>) {
-    gil::detach(py, sweeper::before_fork);
+    gil::detach(py, || {
+        sweeper::before_fork();
+        pool::before_fork();
+    });
 }
 
 /// After `os.fork()`, in the parent: resume background threads.
 #[pyfunction]
 fn _after_fork_parent() {
+    pool::after_fork_parent();
     sweeper::after_fork_parent();
 }
 
 /// After `os.fork()`, in the child: forget the parent's threads; they restart on first use.
 #[pyfunction]
 fn _after_fork_child() {
+    pool::after_fork_child();
     sweeper::after_fork_child();
 }
 
-/// At interpreter exit: stop background threads before the interpreter finalizes.
+/// At interpreter exit: stop background threads before the interpreter finalizes. The hash
+/// pool drains its queue first (workers resolving awaitables attach to Python: the GIL is
+/// released meanwhile).
 #[pyfunction]
 fn _shutdown(py: Python<'_>) {
-    gil::detach(py, sweeper::shutdown);
+    gil::detach(py, || {
+        pool::shutdown();
+        sweeper::shutdown();
+    });
 }
 
 /// `True` while the cache sweeper thread runs.
@@ -45,6 +57,11 @@ fn sark_native_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<cache::PyCache>()?;
     m.add_function(wrap_pyfunction!(cache::_cache_metrics, m)?)?;
+    m.add_class::<hashing::PyPasswordHasher>()?;
+    m.add_class::<hashing::_Resolve>()?;
+    m.add_function(wrap_pyfunction!(hashing::_configure_hashing, m)?)?;
+    m.add_function(wrap_pyfunction!(hashing::_hashing_metrics, m)?)?;
+    m.add_function(wrap_pyfunction!(hashing::_hash_pool_running, m)?)?;
     m.add_function(wrap_pyfunction!(_before_fork, m)?)?;
     m.add_function(wrap_pyfunction!(_after_fork_parent, m)?)?;
     m.add_function(wrap_pyfunction!(_after_fork_child, m)?)?;

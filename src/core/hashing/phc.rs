@@ -110,7 +110,9 @@ pub fn parse(s: &str) -> Result<Phc> {
     if !(MIN_HASH_LEN..=MAX_BYTES_LEN).contains(&hash.len()) {
         return Err(invalid("hash length out of range"));
     }
-    if t_cost < 1 || p_cost < 1 || p_cost > 0x00FF_FFFF || u64::from(m_cost) < 8 * u64::from(p_cost)
+    if t_cost < 1
+        || !(1..=0x00FF_FFFF).contains(&p_cost)
+        || u64::from(m_cost) < 8 * u64::from(p_cost)
     {
         return Err(invalid("parameters out of range"));
     }
