@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import uuid
 
+import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 import sark_native
@@ -75,3 +76,44 @@ def test_nothing_registers_itself() -> None:
         isinstance(c, metrics.SarkNativeCollector)
         for c in list(REGISTRY._collector_to_names)  # registered explicitly by a test
     )
+
+
+def test_hashes_and_verifications_are_counted_and_timed(backend: Backend) -> None:
+    registry = CollectorRegistry()
+    metrics.register(registry)
+    impl = {"implementation": backend}
+
+    def get(name: str, **labels: str) -> float:
+        return sample(registry, name, **impl, **labels) or 0.0
+
+    before_ok = get("password_hash_operations_total", operation="hash", result="ok")
+    before_v = get("password_hash_operations_total", operation="verify", result="ok")
+    before_mm = get("password_hash_operations_total", operation="verify", result="mismatch")
+    before_n = get("password_hash_duration_seconds_count", operation="hash")
+    h = sark_native.PasswordHasher(time_cost=1, memory_cost=64, backend=backend)
+    phc = h.hash("pw")
+    h.hash("pw2")
+    assert h.verify(phc, "pw")
+    with pytest.raises(sark_native.exceptions.VerifyMismatchError):
+        h.verify(phc, "nope")
+    assert get("password_hash_operations_total", operation="hash", result="ok") == before_ok + 2
+    assert get("password_hash_operations_total", operation="verify", result="ok") == before_v + 1
+    mismatches = get("password_hash_operations_total", operation="verify", result="mismatch")
+    assert mismatches == before_mm + 1
+    assert get("password_hash_duration_seconds_count", operation="hash") == before_n + 2
+    # Sub-millisecond to seconds buckets.
+    assert (
+        sample(
+            registry, "password_hash_duration_seconds_bucket", operation="hash", le="0.0005", **impl
+        )
+        is not None
+    )
+    assert (
+        sample(
+            registry, "password_hash_duration_seconds_bucket", operation="hash", le="10.0", **impl
+        )
+        is not None
+    )
+    assert get("password_hash_queue_depth") == 0
+    assert get("password_hash_workers") >= 1
+    assert sample(registry, "password_hash_rejected_total", **impl) is not None

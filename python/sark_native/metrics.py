@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import _backend
 from ._fallback import cache as _py_cache
+from ._fallback import hashing as _py_hashing
 from ._version import VERSION
 
 if TYPE_CHECKING:
@@ -32,6 +33,70 @@ def _cache_counters() -> Iterator[tuple[str, str, dict[str, int]]]:
             yield "rust", name, counters
     for name, counters in _py_cache.cache_metrics():
         yield "python", name, counters
+
+
+def _hashing_counters() -> Iterator[tuple[str, dict[str, Any]]]:
+    """``(implementation, counters)`` of the hash pool of each backend."""
+    if _backend.RUST_AVAILABLE:
+        yield "rust", _backend.native()._hashing_metrics()
+    yield "python", _py_hashing.hashing_metrics()
+
+
+def _hashing_families(p: str) -> Iterator[Any]:
+    from prometheus_client.core import (
+        CounterMetricFamily,
+        GaugeMetricFamily,
+        HistogramMetricFamily,
+    )
+
+    ops = CounterMetricFamily(
+        f"{p}password_hash_operations",
+        "Password hashes and verifications by implementation, operation (hash, verify) and "
+        "result (ok, mismatch, error)",
+        labels=["implementation", "operation", "result"],
+    )
+    duration = HistogramMetricFamily(
+        f"{p}password_hash_duration_seconds",
+        "Time a worker spent on one Argon2 hash or verification",
+        labels=["implementation", "operation"],
+    )
+    rejected = CounterMetricFamily(
+        f"{p}password_hash_rejected",
+        "Calls shed with OverloadedError because the hash queue was full",
+        labels=["implementation"],
+    )
+    depth = GaugeMetricFamily(
+        f"{p}password_hash_queue_depth",
+        "Hash jobs waiting for a worker",
+        labels=["implementation"],
+    )
+    running = GaugeMetricFamily(
+        f"{p}password_hash_running",
+        "Hash jobs a worker is computing now",
+        labels=["implementation"],
+    )
+    workers = GaugeMetricFamily(
+        f"{p}password_hash_workers", "Size of the hash pool", labels=["implementation"]
+    )
+    for impl, m in _hashing_counters():
+        bounds = m["bounds"]
+        for op in ("hash", "verify"):
+            c = m[op]
+            for result in ("ok", "mismatch", "error"):
+                if op == "hash" and result == "mismatch":
+                    continue
+                ops.add_metric([impl, op, result], c[result])
+            cumulative = 0
+            buckets = []
+            for bound, n in zip([*(str(b) for b in bounds), "+Inf"], c["buckets"], strict=True):
+                cumulative += n
+                buckets.append((bound, cumulative))
+            duration.add_metric([impl, op], buckets, c["sum"])
+        rejected.add_metric([impl], m["rejected"])
+        depth.add_metric([impl], m["queue_depth"])
+        running.add_metric([impl], m["running"])
+        workers.add_metric([impl], m["workers"])
+    yield from (ops, duration, rejected, depth, running, workers)
 
 
 class SarkNativeCollector:
@@ -102,6 +167,7 @@ class SarkNativeCollector:
             if impl == "rust":
                 rust_size.add_metric([name], c["size"])
         yield from (ops, results, evictions, expirations, size, max_size, rust_size)
+        yield from _hashing_families(p)
 
 
 _registered: weakref.WeakKeyDictionary[Any, SarkNativeCollector] = weakref.WeakKeyDictionary()
