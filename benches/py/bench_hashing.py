@@ -243,14 +243,14 @@ def report(
         "### Event-loop lag of a 1 ms ticker while 8 hashes run",
         "",
     ]
-    rows = []
+    lag_rows: list[tuple[str, ...]] = []
     for impl, label in (
         ("sark_native", "sark_native `hash_async`"),
         ("argon2-cffi", f"argon2-cffi in a {WORKERS}-worker executor"),
     ):
         p99, mx = lag[impl]
-        rows.append((label, _ms_summary(p99), _ms_summary(mx)))
-    lines.append(md_table(["", "p99 lateness", "max lateness"], rows))
+        lag_rows.append((label, _ms_summary(p99), _ms_summary(mx)))
+    lines.append(md_table(["", "p99 lateness", "max lateness"], lag_rows))
     p99, mx = lag["sark_native"]
     met = p99.median < 0.001 and mx.median < 0.003
     lines += [
@@ -260,12 +260,12 @@ def report(
         "### Peak RSS, 8 hashes on 4 workers (one process each)",
         "",
     ]
-    rows = []
+    rss_rows: list[tuple[str, ...]] = []
     for impl, r in rss.items():
         grow = (r["peak_kib"] - r["base_kib"]) / 1024
-        rows.append((impl, f"{r['base_kib'] / 1024:.0f} MiB", f"{r['peak_kib'] / 1024:.0f} MiB",
-                     f"{grow:.0f} MiB"))  # fmt: skip
-    lines.append(md_table(["", "after import", "peak", "growth"], rows))
+        rss_rows.append((impl, f"{r['base_kib'] / 1024:.0f} MiB", f"{r['peak_kib'] / 1024:.0f} MiB",
+                         f"{grow:.0f} MiB"))  # fmt: skip
+    lines.append(md_table(["", "after import", "peak", "growth"], rss_rows))
     limit = WORKERS * M / 1024 + 20
     grow = (rss["sark_native"]["peak_kib"] - rss["sark_native"]["base_kib"]) / 1024
     lines += [

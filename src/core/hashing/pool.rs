@@ -180,7 +180,11 @@ fn lower_priority() {
     unsafe {
         let tid = libc::gettid();
         let now = libc::getpriority(libc::PRIO_PROCESS, tid as libc::id_t);
-        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, (now + WORKER_NICE).min(19));
+        libc::setpriority(
+            libc::PRIO_PROCESS,
+            tid as libc::id_t,
+            (now + WORKER_NICE).min(19),
+        );
     }
 }
 
