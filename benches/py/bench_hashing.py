@@ -126,9 +126,14 @@ def run_lag(settings: Settings, ours: Any, peer: Any) -> dict[str, tuple[Summary
     executor = concurrent.futures.ThreadPoolExecutor(max_workers=WORKERS)
     rounds = max(3, settings.repeats // 2)
     stats: dict[str, tuple[list[float], list[float]]] = {
+        "idle": ([], []),
         "sark_native": ([], []),
         "argon2-cffi": ([], []),
     }
+
+    async def idle() -> list[Any]:
+        await asyncio.sleep(0.5)  # the ticker alone: the floor of this machine's timer lag
+        return []
 
     def record(name: str, late: list[float]) -> None:
         late.sort()
@@ -138,6 +143,7 @@ def run_lag(settings: Settings, ours: Any, peer: Any) -> dict[str, tuple[Summary
     async def main() -> None:
         loop = asyncio.get_running_loop()
         for _ in range(rounds):
+            record("idle", await _lag(lambda: [idle()]))
             record("sark_native", await _lag(lambda: [ours.hash_async("pw") for _ in range(8)]))
             record(
                 "argon2-cffi",
@@ -245,6 +251,7 @@ def report(
     ]
     lag_rows: list[tuple[str, ...]] = []
     for impl, label in (
+        ("idle", "no hashes (the ticker alone, 0.5 s)"),
         ("sark_native", "sark_native `hash_async`"),
         ("argon2-cffi", f"argon2-cffi in a {WORKERS}-worker executor"),
     ):

@@ -32,10 +32,12 @@ pub const DEFAULT_MAX_PENDING: usize = 1024;
 /// Most workers a pool may have.
 pub const MAX_WORKERS: usize = 256;
 const THREAD_NAME: &str = "sark-hash";
-/// Niceness of the workers (Linux). Hashing is throughput work; the event loop and request
-/// threads are latency work: at a lower priority a worker yields its core as soon as the loop
-/// wakes, instead of making the loop wait for a time slice (measured: the loop's lag while 8
-/// hashes run on 2 cores). Without contention the workers still get whole cores.
+/// Niceness of the workers (Linux). Hashing is throughput work, the event loop and request
+/// threads are latency work: when they compete for a core, the scheduler should favour the
+/// latter (the ADR keeps hashing to part of the machine for the same reason). Without
+/// contention the workers still get whole cores. On this project's 2-vCPU VMs the loop's wake-up
+/// lag while both vCPUs are busy was 3-5 ms whatever the workers' priority (even SCHED_IDLE), so
+/// this is a preference, not a latency guarantee.
 pub const WORKER_NICE: i32 = 10;
 
 /// Size of the pool.
