@@ -108,3 +108,37 @@ def test_the_interpreter_exits_cleanly_with_work_queued(backend: Backend) -> Non
     assert r.stdout.strip() == "exiting"
     assert "panick" not in r.stderr
     assert "Traceback" not in r.stderr
+
+
+FORK_WHILE_BUSY = """
+import os, sys, threading
+import sark_native
+
+h = sark_native.PasswordHasher(time_cost=1, memory_cost=64, backend=BACKEND)
+stop = threading.Event()
+
+def busy():
+    while not stop.is_set():
+        h.verify(h.hash("bg"), "bg")
+
+threads = [threading.Thread(target=busy) for _ in range(3)]
+for t in threads:
+    t.start()
+for _ in range(10):
+    pid = os.fork()
+    if pid == 0:
+        ok = h.verify(h.hash("child"), "child")
+        os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, status
+stop.set()
+for t in threads:
+    t.join()
+print("ok")
+"""
+
+
+def test_fork_while_other_threads_hash(backend: Backend) -> None:
+    r = run_python(FORK_WHILE_BUSY, backend)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "ok"

@@ -287,6 +287,9 @@ thread_local! {
 
 /// Before `fork()`: take the pool lock and hold it across the fork, so the child never inherits
 /// it mid-update. Workers never take it, so this cannot wait on a running hash.
+///
+/// Lock order: nobody waits for anything else (a Python thread state included) while holding
+/// the pool lock; the binding calls this with the GIL held, and so takes the lock at once.
 pub fn before_fork() {
     let guard = GLOBAL.lock();
     FORK_GUARD.with(|g| *g.borrow_mut() = Some(guard));
