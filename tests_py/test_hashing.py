@@ -300,3 +300,13 @@ def test_both_backends_agree_on_each_others_hashes() -> None:
             except ex.VerificationError as exc:
                 errors.append(type(exc))
         assert errors[0] is errors[1], phc
+
+
+def test_python_path_without_argon2_cffi_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "argon2", None)  # makes `import argon2` fail
+    with pytest.raises(ex.BackendUnavailableError, match="argon2-cffi"):
+        sark_native.PasswordHasher(memory_cost=64, backend="python")

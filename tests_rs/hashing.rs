@@ -350,11 +350,28 @@ fn pool_runs_jobs_sheds_load_and_shuts_down() {
         Err(Error::Internal(_))
     ));
 
-    // Shutdown drains the queue, then refuses work.
+    // configure() retires the running pool; its queued work still runs, and shutdown joins it.
+    let (slow_tx, slow_rx) = mpsc::channel::<()>();
+    pool::submit(Box::new(move |_| {
+        std::thread::sleep(Duration::from_millis(50));
+        slow_tx.send(()).unwrap();
+    }))
+    .unwrap();
+    pool::configure(Some(2), Some(4)).unwrap();
+    assert_eq!(
+        pool::settings(),
+        pool::Settings {
+            workers: 2,
+            max_pending: 4
+        }
+    );
+
+    // Shutdown drains the queues (the retired pool's too), then refuses work.
     let (tx, rx) = mpsc::channel();
     pool::submit(Box::new(move |_| tx.send(()).unwrap())).unwrap();
     pool::shutdown();
     rx.try_recv().unwrap();
+    slow_rx.try_recv().unwrap();
     assert!(!pool::is_running());
     assert!(matches!(
         pool::submit(Box::new(|_| {})),

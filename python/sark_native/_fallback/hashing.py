@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from ..exceptions import (
+    BackendUnavailableError,
     InvalidHashError,
     OverloadedError,
     VerificationError,
@@ -353,8 +354,14 @@ class PyPasswordHasher:
             raise ValueError("the caps must be >= 1 (max_memory_cost >= 8)")
         if t > mt or m > mm or p > mp:
             raise ValueError(f"parameters beyond the caps (t <= {mt}, m <= {mm} KiB, p <= {mp})")
-        from argon2 import PasswordHasher as _CffiHasher
-        from argon2 import Type
+        try:
+            from argon2 import PasswordHasher as _CffiHasher
+            from argon2 import Type
+        except ImportError as exc:
+            raise BackendUnavailableError(
+                "the pure-Python PasswordHasher needs argon2-cffi: "
+                "pip install 'sark-native[hashing]'"
+            ) from exc
 
         self.time_cost, self.memory_cost, self.parallelism = t, m, p
         self.hash_len, self.salt_len, self.max_password_len = hl, sl, mpl

@@ -76,6 +76,9 @@ struct Shared {
 
 struct Global {
     pool: Option<Arc<Shared>>,
+    /// Pools replaced by [`configure`] that may still be draining: [`shutdown`] joins them too,
+    /// so no worker outlives the interpreter.
+    retired: Vec<Arc<Shared>>,
     /// Set by [`configure`]; otherwise the environment, then the default.
     configured: Option<Settings>,
     stopped: bool,
@@ -83,6 +86,7 @@ struct Global {
 
 static GLOBAL: Mutex<Global> = Mutex::new(Global {
     pool: None,
+    retired: Vec::new(),
     configured: None,
     stopped: false,
 });
@@ -132,6 +136,8 @@ pub fn configure(workers: Option<usize>, max_pending: Option<usize>) -> Result<S
     if let Some(old) = g.pool.take() {
         if old.pid == std::process::id() {
             retire(&old);
+            g.retired.retain(|p| !p.finished());
+            g.retired.push(old);
         } else {
             std::mem::forget(old);
         }
@@ -143,7 +149,22 @@ pub fn configure(workers: Option<usize>, max_pending: Option<usize>) -> Result<S
 fn retire(shared: &Shared) {
     shared.queue.lock().closing = true;
     shared.ready.notify_all();
-    shared.handles.lock().clear(); // detach
+}
+
+impl Shared {
+    /// Every worker of this pool has exited.
+    fn finished(&self) -> bool {
+        self.handles.lock().iter().all(JoinHandle::is_finished)
+    }
+
+    /// Closes the queue, lets the workers drain it, and joins them.
+    fn drain(&self) {
+        retire(self);
+        let handles = std::mem::take(&mut *self.handles.lock());
+        for h in handles {
+            let _ = h.join();
+        }
+    }
 }
 
 fn start(settings: Settings) -> Result<Arc<Shared>> {
@@ -232,6 +253,7 @@ pub fn submit(job: Job) -> Result<()> {
                 // leak it (its thread handles are not ours to join or detach).
                 if let Some(old) = g.pool.take() {
                     std::mem::forget(old);
+                    std::mem::forget(std::mem::take(&mut g.retired));
                     QUEUED.store(0, Ordering::Relaxed);
                     RUNNING.store(0, Ordering::Relaxed);
                 }
@@ -312,26 +334,23 @@ pub fn after_fork_child() {
     if let Some(old) = g.pool.take() {
         std::mem::forget(old);
     }
+    std::mem::forget(std::mem::take(&mut g.retired));
     QUEUED.store(0, Ordering::Relaxed);
     RUNNING.store(0, Ordering::Relaxed);
 }
 
 /// At interpreter exit: refuse new work, let the workers finish the queue, and join them.
 pub fn shutdown() {
-    let old = {
+    let (current, retired) = {
         let mut g = GLOBAL.lock();
         g.stopped = true;
-        g.pool.take()
+        (g.pool.take(), std::mem::take(&mut g.retired))
     };
-    let Some(old) = old else { return };
-    if old.pid != std::process::id() {
-        std::mem::forget(old);
-        return;
-    }
-    old.queue.lock().closing = true;
-    old.ready.notify_all();
-    let handles = std::mem::take(&mut *old.handles.lock());
-    for h in handles {
-        let _ = h.join();
+    for pool in current.into_iter().chain(retired) {
+        if pool.pid == std::process::id() {
+            pool.drain();
+        } else {
+            std::mem::forget(pool); // inherited through fork(): its threads are not ours
+        }
     }
 }
