@@ -75,3 +75,15 @@ def test_cache_error_is_the_python_class(backend: Backend) -> None:
         c.get_or_set("k", reenter)
     assert type(info.value) is ex.CacheError
     assert "k" not in c
+
+
+def test_hashing_errors_are_the_python_classes(backend: Backend) -> None:
+    # InvalidHash, VerifyMismatch and Overloaded (tests_py/test_hashing_async.py) reach Python;
+    # Verification and Internal have no input that triggers them (Argon2 itself failing, a panic).
+    h = sark_native.PasswordHasher(time_cost=1, memory_cost=64, backend=backend)
+    with pytest.raises(ex.InvalidHashError) as invalid:
+        h.verify("$argon2id$x", "pw")
+    assert type(invalid.value) is ex.InvalidHashError
+    with pytest.raises(ex.VerifyMismatchError) as mismatch:
+        h.verify(h.hash("a"), "b")
+    assert type(mismatch.value) is ex.VerifyMismatchError
