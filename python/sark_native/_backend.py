@@ -15,6 +15,7 @@ import importlib
 import logging
 import os
 import platform
+from collections.abc import Callable
 from types import ModuleType
 from typing import Any, Literal
 
@@ -26,6 +27,7 @@ __all__ = [
     "RUST_AVAILABLE",
     "Backend",
     "BackendChoice",
+    "bucket_function",
     "info",
     "native",
     "resolve",
@@ -38,7 +40,7 @@ Backend = Literal["rust", "python"]
 BackendChoice = Literal["auto", "rust", "python"]
 
 #: Components that have a native and a pure-Python implementation.
-COMPONENTS: tuple[str, ...] = ("cache",)
+COMPONENTS: tuple[str, ...] = ("cache", "bucket")
 
 _forced = os.environ.get(ENV_VAR, "").strip().lower()
 if _forced not in ("", "auto", "rust", "python"):
@@ -87,6 +89,17 @@ def resolve(component: str, backend: object) -> Backend:
         native()  # raises with the reason when unavailable
         return "rust"
     raise ValueError(f"{component}: backend must be 'auto', 'rust' or 'python', not {backend!r}")
+
+
+def bucket_function() -> Callable[[str, str], int]:
+    """The rollout ``bucket`` function: native when the extension is loaded, else the ``mmh3``
+    twin. Both give the same result on every input, so it takes no backend argument."""
+    if _native is not None:
+        native_bucket: Callable[[str, str], int] = _native.bucket
+        return native_bucket
+    from ._fallback.bucket import bucket
+
+    return bucket
 
 
 def info() -> dict[str, Any]:
