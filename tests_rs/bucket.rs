@@ -1,7 +1,9 @@
 //! Rollout bucketing: murmur3 x86_32 against published vectors, Unleash's normalized values,
 //! long keys, and the distribution over many ids.
 
-use sark_native::core::bucket::{BUCKETS, bucket, is_in_rollout, murmur3_x86_32};
+use sark_native::core::bucket::{
+    BUCKETS, MAX_FEATURES, RolloutTable, bucket, is_in_rollout, murmur3_x86_32,
+};
 
 #[test]
 fn murmur3_matches_the_published_vectors() {
@@ -96,4 +98,39 @@ fn rollout_only_grows_with_the_percentage() {
         assert!(is_in_rollout("feat", &unit, 100));
         assert!(is_in_rollout("feat", &unit, 250));
     }
+}
+
+#[test]
+fn rollout_table_decides_counts_and_replaces_atomically() {
+    let table = RolloutTable::new();
+    assert!(!table.is_enabled("f", "u1")); // unknown: 0%, counted
+    assert_eq!(table.percentages(), vec![]);
+    assert_eq!(table.assignments(), vec![("f".to_string(), 1, 0)]);
+    assert_eq!(table.set("f", 30), 0);
+    assert_eq!(table.set("f", 250), 30); // clamped
+    assert_eq!(table.get("f"), 100);
+    table.set("f", 30);
+    let mut on = 0;
+    for i in 0..1000 {
+        let unit = format!("u{i}");
+        let got = table.is_enabled("f", &unit);
+        assert_eq!(got, bucket("f", &unit) < 30);
+        on += u64::from(got);
+    }
+    assert_eq!(table.assignments(), vec![("f".to_string(), 1001 - on, on)]);
+    table.replace_all([("g", 5)]);
+    assert_eq!(table.get("f"), 0);
+    assert_eq!(table.percentages(), vec![("g".to_string(), 5)]);
+    assert_eq!(table.assignments()[0], ("f".to_string(), 1001 - on, on)); // counters stay
+    assert!(!table.is_enabled("", "u")); // an empty name is never tracked
+    assert_eq!(table.assignments().len(), 1);
+}
+
+#[test]
+fn rollout_table_bounds_the_features_it_tracks() {
+    let table = RolloutTable::new();
+    for i in 0..MAX_FEATURES + 50 {
+        table.is_enabled(&format!("f{i}"), "u");
+    }
+    assert_eq!(table.assignments().len(), MAX_FEATURES);
 }

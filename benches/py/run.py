@@ -36,6 +36,7 @@ from benchlib import (
 #: Benchmark modules, in the order of their sections: ``--only`` takes these names.
 MODULES: dict[str, str] = {
     "cache": "bench_cache",
+    "rollout": "bench_rollout",
 }
 
 #: Imports of the extension may fail for a moment while someone rebuilds it: retry this long.

@@ -31,6 +31,7 @@ __all__ = [
     "info",
     "native",
     "resolve",
+    "rollout_table",
 ]
 
 logger = logging.getLogger("sark_native")
@@ -100,6 +101,16 @@ def bucket_function() -> Callable[[str, str], int]:
     from ._fallback.bucket import bucket
 
     return bucket
+
+
+def rollout_table() -> Any:
+    """A new ``RolloutTable`` (percentages and decision counters) for ``FeatureFlags``: the native
+    one (counters in Rust atomics) when the extension is loaded, else its pure-Python twin."""
+    if _native is not None:
+        return _native.RolloutTable()
+    from ._fallback.bucket import RolloutTable
+
+    return RolloutTable()
 
 
 def info() -> dict[str, Any]:

@@ -7,6 +7,12 @@
 //! The pure-Python twin (`sark_native/_fallback/bucket.py`) uses `mmh3` and gives the same
 //! numbers on every input.
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+
+use foldhash::fast::RandomState as FoldBuild;
+use parking_lot::RwLock;
+
 /// Number of buckets: percentages are whole numbers 0..=100.
 pub const BUCKETS: u32 = 100;
 
@@ -81,5 +87,118 @@ pub fn is_in_rollout(feature: &str, unit_id: &str, percentage: u32) -> bool {
         0 => false,
         p if p >= BUCKETS => true,
         p => bucket(feature, unit_id) < p,
+    }
+}
+
+/// Most features a [`RolloutTable`] tracks; decisions for further unknown names are not counted.
+pub const MAX_FEATURES: usize = 10_000;
+
+/// One feature's percentage and its decision counters.
+#[derive(Debug, Default)]
+struct Entry {
+    pct: AtomicU32,
+    /// Whether the percentage was set (by the store) rather than the entry made for counting.
+    known: AtomicBool,
+    on: AtomicU64,
+    off: AtomicU64,
+}
+
+/// Percentages by feature, and how often each feature answered yes / no.
+///
+/// The request path ([`RolloutTable::is_enabled`]) takes a read lock, finds the feature, hashes
+/// and bumps a relaxed atomic counter: no allocation once a feature is known. Changes take the
+/// write lock, so a reader sees either the old or the new table, never a half-applied resync.
+#[derive(Debug, Default)]
+pub struct RolloutTable {
+    map: RwLock<HashMap<Box<str>, Entry, FoldBuild>>,
+}
+
+impl RolloutTable {
+    /// An empty table: every feature is at 0%.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Whether `unit_id` is in `feature`'s rollout (`bucket < pct`; unknown features are 0%),
+    /// counted per feature.
+    pub fn is_enabled(&self, feature: &str, unit_id: &str) -> bool {
+        {
+            let map = self.map.read();
+            if let Some(entry) = map.get(feature) {
+                let on = is_in_rollout(feature, unit_id, entry.pct.load(Ordering::Relaxed));
+                let counter = if on { &entry.on } else { &entry.off };
+                counter.fetch_add(1, Ordering::Relaxed);
+                return on;
+            }
+        }
+        if !feature.is_empty() {
+            let mut map = self.map.write();
+            if map.len() < MAX_FEATURES || map.contains_key(feature) {
+                let entry = map.entry(feature.into()).or_default();
+                entry.off.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        false
+    }
+
+    /// The percentage in force for `feature` (0 when unknown).
+    pub fn get(&self, feature: &str) -> u32 {
+        self.map
+            .read()
+            .get(feature)
+            .map_or(0, |e| e.pct.load(Ordering::Relaxed))
+    }
+
+    /// Sets one feature's percentage (clamped to 100); returns the previous one.
+    pub fn set(&self, feature: &str, pct: u32) -> u32 {
+        let mut map = self.map.write();
+        let entry = map.entry(feature.into()).or_default();
+        entry.known.store(true, Ordering::Relaxed);
+        entry.pct.swap(pct.min(BUCKETS), Ordering::Relaxed)
+    }
+
+    /// Replaces every percentage at once: features absent from `snapshot` drop to 0% and are
+    /// no longer listed (their counters stay).
+    pub fn replace_all<'a>(&self, snapshot: impl IntoIterator<Item = (&'a str, u32)>) {
+        let mut map = self.map.write();
+        for entry in map.values() {
+            entry.pct.store(0, Ordering::Relaxed);
+            entry.known.store(false, Ordering::Relaxed);
+        }
+        for (feature, pct) in snapshot {
+            let entry = map.entry(feature.into()).or_default();
+            entry.known.store(true, Ordering::Relaxed);
+            entry.pct.store(pct.min(BUCKETS), Ordering::Relaxed);
+        }
+    }
+
+    /// Every feature whose percentage was set, with its percentage, sorted by name.
+    pub fn percentages(&self) -> Vec<(String, u32)> {
+        let map = self.map.read();
+        let mut out: Vec<_> = map
+            .iter()
+            .filter(|(_, e)| e.known.load(Ordering::Relaxed))
+            .map(|(k, e)| (k.to_string(), e.pct.load(Ordering::Relaxed)))
+            .collect();
+        out.sort_unstable();
+        out
+    }
+
+    /// `(feature, times no, times yes)` for every feature asked about, sorted by name.
+    pub fn assignments(&self) -> Vec<(String, u64, u64)> {
+        let map = self.map.read();
+        let mut out: Vec<_> = map
+            .iter()
+            .filter(|(_, e)| e.on.load(Ordering::Relaxed) + e.off.load(Ordering::Relaxed) > 0)
+            .map(|(k, e)| {
+                (
+                    k.to_string(),
+                    e.off.load(Ordering::Relaxed),
+                    e.on.load(Ordering::Relaxed),
+                )
+            })
+            .collect();
+        out.sort_unstable();
+        out
     }
 }

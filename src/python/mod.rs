@@ -45,6 +45,7 @@ fn _sweeper_running() -> bool {
 fn sark_native_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_function(wrap_pyfunction!(bucket::bucket, m)?)?;
+    m.add_class::<bucket::PyRolloutTable>()?;
     m.add_class::<cache::PyCache>()?;
     m.add_function(wrap_pyfunction!(cache::_cache_metrics, m)?)?;
     m.add_function(wrap_pyfunction!(_before_fork, m)?)?;

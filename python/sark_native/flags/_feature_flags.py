@@ -23,6 +23,7 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -46,8 +47,6 @@ KEY_SUFFIX = ":rollout_pct"
 CLOSE_TIMEOUT = 2.0
 #: Longest accepted feature name (it becomes a Redis key and a metrics label).
 MAX_FEATURE_LENGTH = 200
-
-_bucket = _backend.bucket_function()
 
 
 def check_feature(feature: object) -> str:
@@ -123,11 +122,10 @@ class FeatureFlags:
         self.resync_interval = float(resync_interval)
         self.reconnect_backoff = (float(low), float(high))
         self.start_timeout = float(start_timeout)
-        #: feature -> percentage. Replaced whole by a resync, updated per key by a message; the
-        #: request path only reads it.
-        self._pct: dict[str, int] = {}
-        #: feature -> [times on the Python path, times on the Rust path]; read at scrape time.
-        self._counts: dict[str, list[int]] = {}
+        #: Percentages and decision counters (native: Rust atomics; else the Python twin).
+        #: Replaced whole by a resync, updated per key by a message; the request path reads it.
+        self._table = _backend.rollout_table()
+        self._decide: Callable[[str, str], bool] = self._table.is_enabled
         self._redis_arg = redis
         self._client: Redis | None = None
         self._owns_client = isinstance(redis, str)
@@ -153,18 +151,7 @@ class FeatureFlags:
         its ``str()``; any other bad argument gets ``False`` (the Python path) and a warning once.
         """
         try:
-            pct = self._pct.get(feature, 0)
-            if pct >= 100:
-                on = True
-            elif pct <= 0:
-                on = False
-            else:
-                on = _bucket(feature, unit_id) < pct
-            counts = self._counts.get(feature)
-            if counts is None:
-                counts = self._counts.setdefault(feature, [0, 0])
-            counts[on] += 1
-            return on
+            return self._decide(feature, unit_id)
         except Exception:
             return self._is_enabled_slow(feature, unit_id)
 
@@ -190,15 +177,15 @@ class FeatureFlags:
 
     def get_rollout(self, feature: str) -> int:
         """The percentage in force for ``feature`` in this process (0 when unknown)."""
-        return self._pct.get(feature, 0)
+        return int(self._table.get(feature))
 
     def rollouts(self) -> dict[str, int]:
         """A copy of every known feature's percentage, by name."""
-        return dict(self._pct)
+        return dict(self._table.percentages())
 
     def assignments(self) -> dict[str, dict[str, int]]:
         """How often each feature answered Rust / Python in this process (the metrics' source)."""
-        return {f: {"python": c[0], "rust": c[1]} for f, c in list(self._counts.items())}
+        return {f: {"python": off, "rust": on} for f, off, on in self._table.assignments()}
 
     @property
     def redis_enabled(self) -> bool:
@@ -225,16 +212,14 @@ class FeatureFlags:
         check_feature(feature)
         check_percentage(pct)
         if self._redis_arg is None:
-            before = self._pct.get(feature, 0)
-            self._pct[feature] = pct
-            return before
+            return int(self._table.set(feature, pct))
         client = self._ensure_client()
         payload = json.dumps({"feature": feature, "pct": pct})
         async with client.pipeline(transaction=True) as pipe:
             pipe.set(self._key(feature), str(pct), get=True)
             pipe.publish(self.channel, payload)
             old, _receivers = await pipe.execute()
-        self._pct[feature] = pct
+        self._table.set(feature, pct)
         parsed = _parse_stored(old) if old is not None else 0
         return 0 if parsed is None else parsed
 
@@ -292,7 +277,7 @@ class FeatureFlags:
             await asyncio.wait({task}, timeout=CLOSE_TIMEOUT)
         client, self._client = self._client, None
         if client is not None and self._owns_client:
-            await asyncio.wait_for(client.aclose(), CLOSE_TIMEOUT)  # type: ignore[no-untyped-call]
+            await asyncio.wait_for(client.aclose(), CLOSE_TIMEOUT)
 
     async def __aenter__(self) -> FeatureFlags:
         await self.start()
@@ -339,7 +324,7 @@ class FeatureFlags:
                     await asyncio.wait({listener}, timeout=CLOSE_TIMEOUT)
                 if pubsub is not None:
                     with contextlib.suppress(Exception):
-                        await asyncio.wait_for(pubsub.aclose(), CLOSE_TIMEOUT)
+                        await asyncio.wait_for(pubsub.aclose(), CLOSE_TIMEOUT)  # type: ignore[no-untyped-call]
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, self.reconnect_backoff[1])
 
@@ -363,14 +348,14 @@ class FeatureFlags:
         values = await client.mget(keys) if keys else []
         snapshot: dict[str, int] = {}
         for key, raw in zip(keys, values, strict=True):
-            name = key.decode() if isinstance(key, bytes) else str(key)
+            name = key.decode("utf-8", "replace") if isinstance(key, bytes) else str(key)
             feature = name[len(self.prefix) : -len(KEY_SUFFIX)]
             if not feature or raw is None:
                 continue
             snapshot[feature] = self._checked_stored(feature, raw)
         snapshot.update(self._during_resync)
         self._during_resync = None
-        self._pct = snapshot
+        self._table.replace_all(snapshot)
         if self._first_sync is not None and not self._first_sync.done():
             self._first_sync.set_result(True)
 
@@ -400,7 +385,7 @@ class FeatureFlags:
             logger.warning("ignoring a malformed message on %s: %r", self.channel, data)
             return
         pct = self._checked_stored(feature, raw)
-        self._pct[feature] = pct
+        self._table.set(feature, pct)
         if self._during_resync is not None:
             self._during_resync[feature] = pct
 
