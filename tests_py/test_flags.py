@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import threading
+from typing import Any
 
 import pytest
 
+import sark_native
+from sark_native import _backend
+from sark_native._backend import Backend
+from sark_native._fallback.bucket import RolloutTable as PyRolloutTable
 from sark_native.exceptions import CacheError, PolicyEvaluationError
 from sark_native.flags import FeatureFlags, bucket, with_fallback
 from sark_native.flags._fallback_call import AsyncWithFallback, fallback_counts
@@ -169,3 +176,68 @@ async def test_async_fallback() -> None:
     assert await AsyncWithFallback("sidecar", native, python)(1) == 2
     with pytest.raises(ValueError, match="bad"):
         await AsyncWithFallback("sidecar", strict, python)(1)
+
+
+# -- the table behind is_enabled, on both backends --------------------------------------------
+
+
+def make_table(backend: Backend) -> Any:
+    if backend == "rust":
+        return _backend.native().RolloutTable()
+    return PyRolloutTable()
+
+
+def test_rollout_tables_agree(backend: Backend) -> None:
+    table, twin = make_table(backend), PyRolloutTable()
+    for t in (table, twin):
+        assert t.set("a", 30) == 0
+        assert t.set("b", 100) == 0
+        t.replace_all({"a": 45, "c": 0})
+    assert table.percentages() == twin.percentages() == {"a": 45, "c": 0}
+    assert table.get("b") == twin.get("b") == 0
+    units = [f"u{i}" for i in range(3000)] + ["ü中😀", ""]
+    for feature in ("a", "b", "c", "zzz"):
+        assert [table.is_enabled(feature, u) for u in units] == [
+            twin.is_enabled(feature, u) for u in units
+        ]
+    assert table.assignments() == twin.assignments()
+    for t in (table, twin):
+        with pytest.raises(ValueError, match="percentage"):
+            t.set("a", 101)
+        with pytest.raises(ValueError, match="percentage"):
+            t.replace_all({"a": 101})
+        with pytest.raises(TypeError):
+            t.is_enabled(1, "u")  # type: ignore[arg-type]
+        assert t.is_enabled("", "u") is False
+
+
+@pytest.mark.asyncio
+async def test_is_enabled_from_threads_while_percentages_change() -> None:
+    flags = FeatureFlags()
+    await flags.set_rollout("t", 50)
+    units = [f"u{i}" for i in range(2000)]
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            for _ in range(5):
+                for u in units:
+                    flags.is_enabled("t", u)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for pct in range(0, 101, 5):
+        await flags.set_rollout("t", pct)
+        await asyncio.sleep(0)
+    for t in threads:
+        t.join()
+    assert errors == []
+    counts = flags.assignments()["t"]
+    total = counts["rust"] + counts["python"]
+    if sark_native.RUST_AVAILABLE:
+        assert total == 4 * 5 * len(units)  # atomics lose no count
+    else:
+        assert 0 < total <= 4 * 5 * len(units)  # the twin may lose a racing increment
