@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import warnings
 from collections.abc import Iterator
 
 import pytest
 from fastapi import FastAPI
-from fastapi.testclient import TestClient
+
+with warnings.catch_warnings():
+    # On Python 3.10 starlette's TestClient can only use httpx (httpx2 needs 3.11+) and says so.
+    warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
+    from fastapi.testclient import TestClient
 
 from sark_native.fastapi import admin_router
 from sark_native.flags import FeatureFlags

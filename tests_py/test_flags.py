@@ -107,6 +107,10 @@ def test_constructor_validation() -> None:
         FeatureFlags(resync_interval=0)
     with pytest.raises(ValueError, match="prefix"):
         FeatureFlags(prefix="")
+    with pytest.raises(ValueError, match="prefix"):
+        FeatureFlags(prefix="feat*:")
+    with pytest.raises(TypeError, match="redis"):
+        FeatureFlags(redis=6379)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="reconnect_backoff"):
         FeatureFlags(reconnect_backoff=(0, 1))
 

@@ -110,8 +110,12 @@ class FeatureFlags:
         reconnect_backoff: tuple[float, float] = (0.05, 2.0),
         start_timeout: float = 5.0,
     ) -> None:
-        if not isinstance(prefix, str) or not prefix:
-            raise ValueError("prefix must be a non-empty str")
+        if redis is not None and not isinstance(redis, str) and not hasattr(redis, "pubsub"):
+            raise TypeError(
+                f"redis must be None, a URL or a redis.asyncio.Redis, not {type(redis).__name__}"
+            )
+        if not isinstance(prefix, str) or not prefix or any(c in prefix for c in "*?[]\\"):
+            raise ValueError("prefix must be a non-empty str without glob characters (*?[]\\)")
         if not resync_interval > 0:
             raise ValueError("resync_interval must be > 0")
         low, high = reconnect_backoff
