@@ -107,16 +107,26 @@ async def test_garbage_in_redis_is_zero_and_logged(
     with caplog.at_level(logging.WARNING, logger="sark_native.flags"):
         async with FeatureFlags(redis=redis_url, resync_interval=0.05) as flags:
             assert flags.rollouts() == {**dict.fromkeys(garbage, 0), "good": 30}
+            assert flags.healthy
             assert not any(flags.is_enabled(name, f"u{i}") for name in garbage for i in range(50))
             with sync_client(redis_url) as r:
                 r.publish(CHANNEL, "not json")
+                r.publish(CHANNEL, json.dumps({"feature": "good", "pct": [1]}))
+                r.publish(CHANNEL, json.dumps({"feature": "", "pct": 5}))
+                r.publish(CHANNEL, json.dumps({"pct": 5}))
+                r.publish(CHANNEL, b"\xff\xfe")
                 r.publish(CHANNEL, json.dumps({"feature": "good", "pct": "lots"}))
-            await wait_until(lambda: flags.get_rollout("good") == 0)
+                # Messages are applied in order: once this one is in, the garbage was handled.
+                r.set("feature:good:rollout_pct", 60)
+                r.publish(CHANNEL, json.dumps({"feature": "good", "pct": 60}))
+            await wait_until(lambda: flags.get_rollout("good") == 60)
+            assert flags.healthy  # garbage is not an outage
             await asyncio.sleep(0.3)  # several resyncs: the same garbage is logged once
     logged = [r.getMessage() for r in caplog.records]
     for name in garbage:
         assert sum(f"rollout of {name!r}" in m for m in logged) == 1, logged
-    assert any("malformed" in m for m in logged)
+    assert sum("malformed" in m for m in logged) == 4, logged
+    assert any("rollout of 'good'" in m and "'lots'" in m for m in logged), logged
 
 
 @pytest.mark.asyncio

@@ -139,7 +139,7 @@ class FeatureFlags:
         self._closed = False
         self._healthy = redis is None
         self._outage_since: float | None = None
-        self._logged_garbage: set[tuple[str, object]] = set()
+        self._logged_garbage: set[tuple[str, str]] = set()
         self._logged_bad_call = False
         self._during_resync: dict[str, int] | None = None
         from .. import metrics
@@ -341,15 +341,19 @@ class FeatureFlags:
     async def _resync(self, client: Redis) -> None:
         # Messages applied while the keys are read win over what was read: they may be newer.
         self._during_resync = {}
-        pattern = f"{self.prefix}*{KEY_SUFFIX}"
-        keys: list[Any] = []
-        cursor: Any = 0
-        while True:  # SCAN by hand: no async generator left half-consumed on cancellation
-            cursor, batch = await client.scan(cursor, match=pattern, count=500)
-            keys.extend(batch)
-            if not cursor:
-                break
-        values = await client.mget(keys) if keys else []
+        try:
+            pattern = f"{self.prefix}*{KEY_SUFFIX}"
+            keys: list[Any] = []
+            cursor: Any = 0
+            while True:  # SCAN by hand: no async generator left half-consumed on cancellation
+                cursor, batch = await client.scan(cursor, match=pattern, count=500)
+                keys.extend(batch)
+                if not cursor:
+                    break
+            values = await client.mget(keys) if keys else []
+        except BaseException:
+            self._during_resync = None
+            raise
         snapshot: dict[str, int] = {}
         for key, raw in zip(keys, values, strict=True):
             name = key.decode("utf-8", "replace") if isinstance(key, bytes) else str(key)
@@ -366,8 +370,9 @@ class FeatureFlags:
     def _checked_stored(self, feature: str, raw: object) -> int:
         pct = _parse_stored(raw)
         if pct is None:
-            if (feature, raw) not in self._logged_garbage and len(self._logged_garbage) < 1000:
-                self._logged_garbage.add((feature, raw))
+            seen = (feature, repr(raw))  # repr: a value from JSON may be unhashable
+            if seen not in self._logged_garbage and len(self._logged_garbage) < 1000:
+                self._logged_garbage.add(seen)
                 logger.warning(
                     "rollout of %r: Redis holds %r under %s, not a whole number 0..100; "
                     "treating it as 0%%",
