@@ -2,7 +2,7 @@
 //! long keys, and the distribution over many ids.
 
 use sark_native::core::bucket::{
-    BUCKETS, MAX_FEATURES, RolloutTable, bucket, is_in_rollout, murmur3_x86_32,
+    BUCKETS, MAX_FEATURES, Murmur3, RolloutTable, bucket, is_in_rollout, murmur3_x86_32,
 };
 
 #[test]
@@ -41,6 +41,21 @@ fn murmur3_matches_the_published_vectors() {
 }
 
 #[test]
+fn streaming_murmur3_equals_the_one_shot_at_every_split() {
+    let data: Vec<u8> = (0u8..=40).map(|i| i.wrapping_mul(37) ^ 0xa5).collect();
+    for len in 0..data.len() {
+        let whole = murmur3_x86_32(&data[..len], 0x9747_b28c);
+        for a in 0..=len {
+            for b in a..=len {
+                let mut h = Murmur3::new(0x9747_b28c);
+                h.write(&data[..a]).write(&data[a..b]).write(&data[b..len]);
+                assert_eq!(h.finish(), whole, "len {len} split {a} {b}");
+            }
+        }
+    }
+}
+
+#[test]
 fn bucket_is_unleash_normalized_value_minus_one() {
     // Unleash clients (node, java, go) share these: normalizedValue("123", "gr1") == 73 and
     // normalizedValue("999", "groupX") == 25, where the hashed string is "{groupId}:{id}".
@@ -57,7 +72,7 @@ fn long_keys_hash_like_short_ones() {
         bucket(&feature, &unit),
         murmur3_x86_32(key.as_bytes(), 0) % BUCKETS
     );
-    for n in [0, 1, 2, 3, 4, 5, 250, 254, 255, 256, 257, 1000] {
+    for n in [0, 1, 2, 3, 4, 5, 6, 7, 8, 250, 254, 255, 256, 257, 1000] {
         let unit = "x".repeat(n);
         let key = format!("a:{unit}");
         assert_eq!(

@@ -32,7 +32,17 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from benchlib import Section, Settings, Summary, fmt_ns, fmt_ns_summary, md_table, package_version
+from benchlib import (
+    Section,
+    Settings,
+    Summary,
+    criterion_results,
+    criterion_version,
+    fmt_ns,
+    fmt_ns_summary,
+    md_table,
+    package_version,
+)
 
 NAME = "rollout"
 TITLE = "Rollout decision (`sark_native.flags`)"
@@ -222,6 +232,26 @@ async def propagation(settings: Settings, url: str) -> str:
     return md_table(["changes", "p50", "p99", "max", "mean"], rows)
 
 
+def criterion_table() -> str:
+    results = criterion_results("bucket")
+    head = (
+        "Rust core alone (`cargo bench --no-default-features --bench bucket`, `make bench-rust`; "
+        f"criterion {criterion_version()}), per decision over the same 10k ids"
+    )
+    if not results:
+        return head + ": no results under `target/criterion/bucket`; run `make bench-rust`."
+    stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime(max(r.modified for r in results)))
+    rows = [
+        (
+            f"`{r.full_id}`",
+            fmt_ns(r.median_ns / r.elements),
+            f"{fmt_ns(r.median_low_ns / r.elements)}-{fmt_ns(r.median_high_ns / r.elements)}",
+        )
+        for r in results
+    ]
+    return f"{head} (run {stamp}):\n\n" + md_table(["bench", "median", "95% CI"], rows)
+
+
 def run(settings: Settings) -> Section:
     with redis_server() as url:
         settings.log("rollout: per-call decision")
@@ -240,6 +270,8 @@ def run(settings: Settings) -> Section:
             "100 ms.",
             "",
             prop,
+            "",
+            criterion_table(),
         ]
     )
     versions = {d: package_version(d) for d in ("redis", "mmh3")}

@@ -16,9 +16,6 @@ use parking_lot::RwLock;
 /// Number of buckets: percentages are whole numbers 0..=100.
 pub const BUCKETS: u32 = 100;
 
-/// Keys up to this many bytes are hashed from a stack buffer; longer ones allocate once.
-const INLINE_KEY: usize = 256;
-
 const C1: u32 = 0xcc9e_2d51;
 const C2: u32 = 0x1b87_3593;
 
@@ -62,22 +59,83 @@ pub fn murmur3_x86_32(data: &[u8], seed: u32) -> u32 {
     fmix32(h1)
 }
 
+/// MurmurHash3 x86 32-bit over data given in pieces: the same result as [`murmur3_x86_32`] of
+/// the pieces concatenated, without building the concatenation.
+#[derive(Debug, Clone, Copy)]
+pub struct Murmur3 {
+    h1: u32,
+    /// Bytes of an unfinished 4-byte block, little-endian, and how many there are (0..=3).
+    pending: u32,
+    pending_len: u32,
+    len: u32,
+}
+
+impl Murmur3 {
+    /// A hasher with this seed.
+    pub fn new(seed: u32) -> Self {
+        Self {
+            h1: seed,
+            pending: 0,
+            pending_len: 0,
+            len: 0,
+        }
+    }
+
+    #[inline(always)]
+    fn block(&mut self, k1: u32) {
+        self.h1 ^= mix_k1(k1);
+        self.h1 = self.h1.rotate_left(13);
+        self.h1 = self.h1.wrapping_mul(5).wrapping_add(0xe654_6b64);
+    }
+
+    /// Feeds `data`.
+    #[inline]
+    pub fn write(&mut self, mut data: &[u8]) -> &mut Self {
+        self.len = self.len.wrapping_add(data.len() as u32);
+        while self.pending_len != 0 {
+            let Some((&byte, rest)) = data.split_first() else {
+                return self;
+            };
+            self.pending |= u32::from(byte) << (8 * self.pending_len);
+            self.pending_len += 1;
+            data = rest;
+            if self.pending_len == 4 {
+                let k1 = self.pending;
+                self.block(k1);
+                self.pending = 0;
+                self.pending_len = 0;
+            }
+        }
+        let mut blocks = data.chunks_exact(4);
+        for block in &mut blocks {
+            self.block(u32::from_le_bytes([block[0], block[1], block[2], block[3]]));
+        }
+        for &byte in blocks.remainder() {
+            self.pending |= u32::from(byte) << (8 * self.pending_len);
+            self.pending_len += 1;
+        }
+        self
+    }
+
+    /// The hash of everything fed so far.
+    #[inline]
+    pub fn finish(&self) -> u32 {
+        let mut h1 = self.h1;
+        if self.pending_len != 0 {
+            h1 ^= mix_k1(self.pending);
+        }
+        fmix32(h1 ^ self.len)
+    }
+}
+
 /// The bucket (0..100) of `unit_id` for `feature`: see the module documentation.
 pub fn bucket(feature: &str, unit_id: &str) -> u32 {
-    let len = feature.len() + 1 + unit_id.len();
-    if len <= INLINE_KEY {
-        let mut buf = [0u8; INLINE_KEY];
-        buf[..feature.len()].copy_from_slice(feature.as_bytes());
-        buf[feature.len()] = b':';
-        buf[feature.len() + 1..len].copy_from_slice(unit_id.as_bytes());
-        murmur3_x86_32(&buf[..len], 0) % BUCKETS
-    } else {
-        let mut key = Vec::with_capacity(len);
-        key.extend_from_slice(feature.as_bytes());
-        key.push(b':');
-        key.extend_from_slice(unit_id.as_bytes());
-        murmur3_x86_32(&key, 0) % BUCKETS
-    }
+    Murmur3::new(0)
+        .write(feature.as_bytes())
+        .write(b":")
+        .write(unit_id.as_bytes())
+        .finish()
+        % BUCKETS
 }
 
 /// Whether `unit_id` is in a rollout of `percentage` percent of `feature`: `bucket < percentage`
