@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import uuid
 
+import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 import sark_native
@@ -75,3 +76,28 @@ def test_nothing_registers_itself() -> None:
         isinstance(c, metrics.SarkNativeCollector)
         for c in list(REGISTRY._collector_to_names)  # registered explicitly by a test
     )
+
+
+@pytest.mark.asyncio
+async def test_feature_flag_metrics() -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from sark_native import metrics
+    from sark_native.flags import FeatureFlags
+
+    registry = CollectorRegistry()
+    metrics.register(registry)
+    flags = FeatureFlags()
+    await flags.set_rollout("metric_feature", 40)
+    on = sum(flags.is_enabled("metric_feature", f"u{i}") for i in range(500))
+    text = generate_latest(registry).decode()
+    assert (
+        f'feature_flag_assignments_total{{feature="metric_feature",implementation="rust"}} {on}.0'
+        in text
+    )
+    assert (
+        'feature_flag_assignments_total{feature="metric_feature",implementation="python"} '
+        f"{500 - on}.0" in text
+    )
+    assert 'feature_flag_rollout_percentage{feature="metric_feature"} 40.0' in text
+    del flags

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import _backend, exceptions
+from . import _backend, exceptions, flags
 from ._version import VERSION as __version__
 from .cache import Cache
 
-__all__ = ["RUST_AVAILABLE", "Cache", "__version__", "backend_info", "exceptions"]
+__all__ = ["RUST_AVAILABLE", "Cache", "__version__", "backend_info", "exceptions", "flags"]
 
 #: ``True`` when the Rust extension is loaded and enabled.
 RUST_AVAILABLE: bool = _backend.RUST_AVAILABLE

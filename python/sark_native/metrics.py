@@ -2,7 +2,8 @@
 
 Nothing registers itself: call :func:`register` with the registry your app exposes. The counters
 live in Rust atomics or plain integers updated under the component's own lock, so a cache
-operation makes no Python call for metrics; the Collector sums them when Prometheus scrapes.
+operation or a rollout decision (``FeatureFlags.is_enabled``) makes no Python call for metrics;
+the Collector sums them when Prometheus scrapes.
 
 Each process reports its own values (prometheus_client's multiprocess mode does not cover custom
 collectors): scrape every worker, or aggregate per pod.
@@ -22,6 +23,8 @@ from ._version import VERSION
 if TYPE_CHECKING:
     from prometheus_client.registry import CollectorRegistry
 
+    from .flags import FeatureFlags
+
 __all__ = ["SarkNativeCollector", "register"]
 
 
@@ -32,6 +35,29 @@ def _cache_counters() -> Iterator[tuple[str, str, dict[str, int]]]:
             yield "rust", name, counters
     for name, counters in _py_cache.cache_metrics():
         yield "python", name, counters
+
+
+#: Every live FeatureFlags in this process; their counters are read at scrape time.
+_flags: weakref.WeakSet[FeatureFlags] = weakref.WeakSet()
+
+
+def _track_flags(flags: FeatureFlags) -> None:
+    """Called by ``FeatureFlags.__init__``: its assignments and percentages are reported."""
+    _flags.add(flags)
+
+
+def _flag_metrics() -> tuple[dict[tuple[str, str], int], dict[str, int]]:
+    """Assignments summed over every FeatureFlags, by (feature, implementation), and the
+    percentage in force per feature (the first instance that knows the feature wins)."""
+    assignments: dict[tuple[str, str], int] = {}
+    percentages: dict[str, int] = {}
+    for flags in list(_flags):
+        for feature, by_impl in flags.assignments().items():
+            for impl, n in by_impl.items():
+                assignments[(feature, impl)] = assignments.get((feature, impl), 0) + n
+        for feature, pct in flags.rollouts().items():
+            percentages.setdefault(feature, pct)
+    return assignments, percentages
 
 
 class SarkNativeCollector:
@@ -102,6 +128,32 @@ class SarkNativeCollector:
             if impl == "rust":
                 rust_size.add_metric([name], c["size"])
         yield from (ops, results, evictions, expirations, size, max_size, rust_size)
+
+        assignments, percentages = _flag_metrics()
+        assigned = CounterMetricFamily(
+            f"{p}feature_flag_assignments",
+            "Rollout decisions (FeatureFlags.is_enabled) by feature and the implementation chosen",
+            labels=["feature", "implementation"],
+        )
+        for (feature, impl), n in sorted(assignments.items()):
+            assigned.add_metric([feature, impl], n)
+        rollout = GaugeMetricFamily(
+            f"{p}feature_flag_rollout_percentage",
+            "Rollout percentage in force in this process, by feature",
+            labels=["feature"],
+        )
+        for feature, pct in sorted(percentages.items()):
+            rollout.add_metric([feature], pct)
+        fallbacks = CounterMetricFamily(
+            f"{p}rust_fallback",
+            "Native calls that failed internally and were retried on the Python path",
+            labels=["component", "error_type"],
+        )
+        from .flags._fallback_call import fallback_counts
+
+        for (component, error_type), n in sorted(fallback_counts().items()):
+            fallbacks.add_metric([component, error_type], n)
+        yield from (assigned, rollout, fallbacks)
 
 
 _registered: weakref.WeakKeyDictionary[Any, SarkNativeCollector] = weakref.WeakKeyDictionary()

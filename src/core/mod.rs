@@ -1,4 +1,5 @@
 //! The pure-Rust core: one module per component, none of them imports pyo3.
+pub mod bucket;
 pub mod cache;
 pub mod clock;
 pub mod error;

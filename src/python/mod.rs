@@ -1,6 +1,7 @@
 //! The binding layer: the `sark_native._native` extension module. It converts values, releases
 //! the GIL and maps errors; the work itself is in `crate::core`.
 
+mod bucket;
 mod cache;
 mod errors;
 mod gil;
@@ -43,6 +44,8 @@ fn _sweeper_running() -> bool {
 #[pyo3(name = "_native")]
 fn sark_native_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add_function(wrap_pyfunction!(bucket::bucket, m)?)?;
+    m.add_class::<bucket::PyRolloutTable>()?;
     m.add_class::<cache::PyCache>()?;
     m.add_function(wrap_pyfunction!(cache::_cache_metrics, m)?)?;
     m.add_function(wrap_pyfunction!(_before_fork, m)?)?;
