@@ -38,7 +38,7 @@ Backend = Literal["rust", "python"]
 BackendChoice = Literal["auto", "rust", "python"]
 
 #: Components that have a native and a pure-Python implementation.
-COMPONENTS: tuple[str, ...] = ("cache",)
+COMPONENTS: tuple[str, ...] = ("cache", "tokens")
 
 _forced = os.environ.get(ENV_VAR, "").strip().lower()
 if _forced not in ("", "auto", "rust", "python"):
