@@ -2,7 +2,7 @@
 
 Nothing registers itself: call :func:`register` with the registry your app exposes. The counters
 live in Rust atomics or plain integers updated under the component's own lock, so a cache
-operation makes no Python call for metrics; the Collector sums them when Prometheus scrapes.
+operation or a native token makes no Python call for metrics; the Collector sums them when Prometheus scrapes.
 
 Each process reports its own values (prometheus_client's multiprocess mode does not cover custom
 collectors): scrape every worker, or aggregate per pod.
@@ -23,6 +23,17 @@ if TYPE_CHECKING:
     from prometheus_client.registry import CollectorRegistry
 
 __all__ = ["SarkNativeCollector", "register"]
+
+
+def _token_counters() -> Iterator[tuple[str, dict[str, Any]]]:
+    """``(implementation, counters)`` of the token paths of both backends."""
+    if _backend.RUST_AVAILABLE:
+        yield "rust", _backend.native()._token_metrics()
+    try:
+        from ._fallback import tokens as _py_tokens
+    except ImportError:  # joserfc missing: no pure-Python token path, nothing counted
+        return
+    yield "python", _py_tokens.token_metrics()
 
 
 def _cache_counters() -> Iterator[tuple[str, str, dict[str, int]]]:
@@ -102,6 +113,27 @@ class SarkNativeCollector:
             if impl == "rust":
                 rust_size.add_metric([name], c["size"])
         yield from (ops, results, evictions, expirations, size, max_size, rust_size)
+
+        issued = CounterMetricFamily(
+            f"{p}tokens_issued", "Tokens signed (encode)", labels=["implementation"]
+        )
+        verified = CounterMetricFamily(
+            f"{p}tokens_verified",
+            "Tokens that passed decode (signature and claim checks)",
+            labels=["implementation"],
+        )
+        rejected = CounterMetricFamily(
+            f"{p}tokens_rejected",
+            "Tokens refused by decode, by reason (decode, invalid_signature, expired, immature, "
+            "invalid_audience, invalid_issuer, missing_claim)",
+            labels=["implementation", "reason"],
+        )
+        for impl, t in _token_counters():
+            issued.add_metric([impl], t["issued"])
+            verified.add_metric([impl], t["verified"])
+            for reason, n in t["rejected"].items():
+                rejected.add_metric([impl, reason], n)
+        yield from (issued, verified, rejected)
 
 
 _registered: weakref.WeakKeyDictionary[Any, SarkNativeCollector] = weakref.WeakKeyDictionary()

@@ -525,7 +525,9 @@ def _jwk_b64(jwk: Mapping[str, Any], name: str) -> bytes | None:
 
 def _thumbprint(public: bytes) -> str:
     # RFC 7638 through joserfc (RFC 8037 A.3 checks it in the tests).
-    return OKPKey.import_key({"kty": "OKP", "crv": "Ed25519", "x": _b64e(public).decode()}).thumbprint()
+    return OKPKey.import_key(
+        {"kty": "OKP", "crv": "Ed25519", "x": _b64e(public).decode()}
+    ).thumbprint()
 
 
 class _Key:
@@ -681,8 +683,7 @@ class PyEd25519Signer:
         key = _Key.from_jwk(_mapping_arg(jwk, "jwk"), _kid_arg(kid), public_only=False)
         if not key.has_private:
             raise ValueError(
-                'the JWK has no "d": a signer needs a private key '
-                "(use KeySet.from_jwks to verify)"
+                'the JWK has no "d": a signer needs a private key (use KeySet.from_jwks to verify)'
             )
         return cls(key)
 

@@ -48,8 +48,21 @@ pub fn float_repr(value: f64) -> String {
             "-Infinity".to_owned()
         };
     }
-    // Rust's `{:e}` gives the shortest round-trip digits: "-1.2345e-7", "1e16".
-    let sci = format!("{value:e}");
+    // Rust's `{:e}` gives the shortest round-trip digits: "-1.2345e-7", "1e16". When two
+    // candidates of that length are equally close to the exact binary value, it may pick the other
+    // one than Python, which takes the even digit (97129829145223.625 -> ...223.62, not .63).
+    // Formatting to that many digits with an explicit precision rounds the exact value half to
+    // even, as Python does; keep it when it still round-trips.
+    let shortest = format!("{value:e}");
+    let digit_count = shortest
+        .split_once('e')
+        .map_or(0, |(m, _)| m.chars().filter(char::is_ascii_digit).count());
+    let rounded = format!("{value:.prec$e}", prec = digit_count.saturating_sub(1));
+    let sci = if rounded.parse::<f64>() == Ok(value) {
+        rounded
+    } else {
+        shortest
+    };
     let (mantissa, exponent) = sci.split_once('e').expect("{:e} always has an exponent");
     let exponent: i32 = exponent.parse().expect("{:e} exponent is an integer");
     let (negative, mantissa) = match mantissa.strip_prefix('-') {
@@ -128,6 +141,10 @@ mod tests {
             (1700000000.5, "1700000000.5"),
             (5e-324, "5e-324"),
             (f64::MAX, "1.7976931348623157e+308"),
+            (97129829145223.625, "97129829145223.62"),
+            (0.3, "0.3"),
+            (2.5, "2.5"),
+            (1e23, "1e+23"),
         ] {
             assert_eq!(float_repr(v), s, "{v}");
         }
