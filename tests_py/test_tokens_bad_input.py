@@ -7,7 +7,6 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from tokens_helpers import NOW, RFC8037_JWK, SMALL_ORDER, b64d, b64e, forge
 
 from sark_native import Ed25519Signer, KeySet
 from sark_native._backend import Backend
@@ -22,6 +21,7 @@ from sark_native.exceptions import (
     TokenError,
 )
 from sark_native.tokens import MAX_TOKEN_SIZE
+from tokens_helpers import NOW, RFC8037_JWK, SMALL_ORDER, b64d, b64e, forge
 
 FUTURE = int(NOW) + 3600
 GOOD = {"exp": FUTURE, "sub": "alice"}
@@ -257,7 +257,7 @@ def _encrypted_pem() -> bytes:
     ids=["ec-p256", "x25519", "encrypted", "public-pem", "garbage", "truncated"],
 )
 def test_from_pem_refuses_other_keys(backend: Backend, make_pem: Callable[[], Any]) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="Ed25519 private key"):
         Ed25519Signer.from_pem(make_pem(), backend=backend)
 
 
@@ -285,7 +285,7 @@ X = RFC8037_JWK["x"]
     ],
 )
 def test_from_jwk_refuses_other_keys(backend: Backend, jwk: dict[str, Any]) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"JWK|public key"):
         Ed25519Signer.from_jwk(jwk, backend=backend)
 
 
@@ -302,7 +302,7 @@ def test_non_canonical_small_order_keys_are_refused(backend: Backend) -> None:
     for y in (p + 1, p):
         point = y.to_bytes(32, "little")
         jwk = {"kty": "OKP", "crv": "Ed25519", "x": b64e(point)}
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="public key"):
             KeySet.from_jwks({"keys": [jwk]}, backend=backend)
 
 

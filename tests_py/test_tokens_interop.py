@@ -12,7 +12,7 @@ import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 import jwt as pyjwt
 import pytest
@@ -22,11 +22,11 @@ from joserfc import jwt as jose_jwt
 from joserfc.errors import SecurityWarning
 from joserfc.jwk import KeySet as JoseKeySet
 from joserfc.jwk import OKPKey
-from tokens_helpers import NOW, RFC8037_JWK, b64d, b64e
 
 import sark_native
 from sark_native import Ed25519Signer, KeySet
 from sark_native._backend import Backend
+from tokens_helpers import NOW, RFC8037_JWK, b64d, b64e
 
 FUTURE = int(NOW) + 3600
 
@@ -167,7 +167,7 @@ def test_tokens_verify_with_joserfc(backend: Backend, alg: str) -> None:
     assert out.claims == claims
     assert out.header == {"alg": alg, "typ": "JWT", "kid": s.kid}
     # Through a joserfc key set built from our JWKS.
-    jwks = JoseKeySet.import_key_set(KeySet.from_signers([s], backend=backend).to_jwks())
+    jwks = JoseKeySet.import_key_set(cast(Any, KeySet.from_signers([s], backend=backend).to_jwks()))
     with quiet_joserfc():
         assert jose_jwt.decode(token, jwks, algorithms=[alg]).claims == claims
 
@@ -235,7 +235,7 @@ def test_golden_serialization(backend: Backend) -> None:
     assert b64d(p).decode() == GOLDEN_PAYLOAD
     # The payload is exactly what Python's json module writes for it (the reference).
     expected = dict(GOLDEN_CLAIMS, iat=1700000000, exp=1700000060)
-    assert GOLDEN_PAYLOAD == json.dumps(expected, separators=(",", ":"), ensure_ascii=False)
+    assert json.dumps(expected, separators=(",", ":"), ensure_ascii=False) == GOLDEN_PAYLOAD
     assert s.verify(f"{h}.{p}".encode(), b64d(sig))
     assert s.decode(token, now=NOW)["sub"] == GOLDEN_CLAIMS["sub"]
 
@@ -301,7 +301,7 @@ def test_floats_are_written_as_python_writes_them(backend: Backend) -> None:
     rng = random.Random(7)
     s = Ed25519Signer.from_jwk(RFC8037_JWK, backend=backend)
     for _ in range(10):
-        floats = []
+        floats: list[float] = []
         while len(floats) < 1000:
             x = struct.unpack("<d", rng.getrandbits(64).to_bytes(8, "little"))[0]
             if math.isfinite(x):

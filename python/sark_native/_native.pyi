@@ -1,5 +1,6 @@
 # Stubs of the Rust extension module; `make lint` checks them against the build with stubtest.
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from datetime import timedelta
 from typing import Any, final
 
 __all__ = [
@@ -64,14 +65,14 @@ class Ed25519Signer:
     def public_pem(self) -> bytes: ...
     def public_jwk(self) -> dict[str, Any]: ...
     def private_jwk(self) -> dict[str, Any]: ...
-    def sign(self, data: bytes) -> bytes: ...
-    def verify(self, data: bytes, signature: bytes) -> bool: ...
+    def sign(self, data: bytes | bytearray) -> bytes: ...
+    def verify(self, data: bytes | bytearray, signature: bytes | bytearray) -> bool: ...
     def encode(
         self,
         claims: Mapping[str, Any],
         *,
         headers: Mapping[str, Any] | None = None,
-        expires_in: float | None = None,
+        expires_in: float | timedelta | None = None,
         alg: str = "EdDSA",
         now: float | None = None,
     ) -> str: ...
@@ -105,7 +106,7 @@ class KeySet:
         *,
         kid: str | None = None,
         headers: Mapping[str, Any] | None = None,
-        expires_in: float | None = None,
+        expires_in: float | timedelta | None = None,
         alg: str = "EdDSA",
         now: float | None = None,
     ) -> str: ...

@@ -2,7 +2,8 @@
 
 Nothing registers itself: call :func:`register` with the registry your app exposes. The counters
 live in Rust atomics or plain integers updated under the component's own lock, so a cache
-operation or a native token makes no Python call for metrics; the Collector sums them when Prometheus scrapes.
+operation or a native token makes no Python call for metrics; the Collector sums them when
+Prometheus scrapes.
 
 Each process reports its own values (prometheus_client's multiprocess mode does not cover custom
 collectors): scrape every worker, or aggregate per pod.

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from abc import ABCMeta
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any, NoReturn
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
 
 from . import _backend
 from ._backend import BackendChoice
@@ -37,7 +38,7 @@ class Ed25519Signer(metaclass=ABCMeta):  # noqa: B024 - a virtual base: both bac
     and never appears in ``repr``.
     """
 
-    def __new__(cls, *args: object, **kwargs: object) -> NoReturn:
+    def __new__(cls, *args: object, **kwargs: object) -> Ed25519Signer:
         raise TypeError(
             "use Ed25519Signer.generate(), Ed25519Signer.from_pem() or Ed25519Signer.from_jwk()"
         )
@@ -86,14 +87,14 @@ class Ed25519Signer(metaclass=ABCMeta):  # noqa: B024 - a virtual base: both bac
         def public_pem(self) -> bytes: ...
         def public_jwk(self) -> dict[str, Any]: ...
         def private_jwk(self) -> dict[str, Any]: ...
-        def sign(self, data: bytes) -> bytes: ...
-        def verify(self, data: bytes, signature: bytes) -> bool: ...
+        def sign(self, data: bytes | bytearray) -> bytes: ...
+        def verify(self, data: bytes | bytearray, signature: bytes | bytearray) -> bool: ...
         def encode(
             self,
             claims: Mapping[str, Any],
             *,
             headers: Mapping[str, Any] | None = None,
-            expires_in: float | None = None,
+            expires_in: float | timedelta | None = None,
             alg: str = "EdDSA",
             now: float | None = None,
         ) -> str: ...
@@ -118,7 +119,7 @@ class KeySet(metaclass=ABCMeta):  # noqa: B024 - a virtual base: both backends r
     :meth:`to_jwks` never writes private members.
     """
 
-    def __new__(cls, *args: object, **kwargs: object) -> NoReturn:
+    def __new__(cls, *args: object, **kwargs: object) -> KeySet:
         raise TypeError("use KeySet.from_jwks() or KeySet.from_signers()")
 
     @staticmethod
@@ -174,7 +175,7 @@ class KeySet(metaclass=ABCMeta):  # noqa: B024 - a virtual base: both backends r
             *,
             kid: str | None = None,
             headers: Mapping[str, Any] | None = None,
-            expires_in: float | None = None,
+            expires_in: float | timedelta | None = None,
             alg: str = "EdDSA",
             now: float | None = None,
         ) -> str: ...

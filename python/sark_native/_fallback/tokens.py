@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import datetime
 import json
 import math
 import re
@@ -525,9 +526,8 @@ def _jwk_b64(jwk: Mapping[str, Any], name: str) -> bytes | None:
 
 def _thumbprint(public: bytes) -> str:
     # RFC 7638 through joserfc (RFC 8037 A.3 checks it in the tests).
-    return OKPKey.import_key(
-        {"kty": "OKP", "crv": "Ed25519", "x": _b64e(public).decode()}
-    ).thumbprint()
+    jwk: dict[str, str | list[str]] = {"kty": "OKP", "crv": "Ed25519", "x": _b64e(public).decode()}
+    return str(OKPKey.import_key(jwk).thumbprint())
 
 
 class _Key:
@@ -635,7 +635,8 @@ class _Key:
         return self._private
 
     def okp(self, private: bool) -> OKPKey:
-        return OKPKey.import_key(self.private_key() if private else self._public)
+        okp: OKPKey = OKPKey.import_key(self.private_key() if private else self._public)
+        return okp
 
     def public_jwk(self) -> dict[str, Any]:
         return {
@@ -708,10 +709,10 @@ class PyEd25519Signer:
         jwk["d"] = self._key.okp(private=True).as_dict(private=True)["d"]
         return jwk
 
-    def sign(self, data: bytes) -> bytes:
+    def sign(self, data: bytes | bytearray) -> bytes:
         return self._key.private_key().sign(_bytes_arg(data, "data"))
 
-    def verify(self, data: bytes, signature: bytes) -> bool:
+    def verify(self, data: bytes | bytearray, signature: bytes | bytearray) -> bool:
         return self._key.verify(_bytes_arg(data, "data"), _bytes_arg(signature, "signature"))
 
     def encode(
@@ -719,7 +720,7 @@ class PyEd25519Signer:
         claims: Mapping[str, Any],
         *,
         headers: Mapping[str, Any] | None = None,
-        expires_in: float | None = None,
+        expires_in: float | datetime.timedelta | None = None,
         alg: str = "EdDSA",
         now: float | None = None,
     ) -> str:
@@ -836,7 +837,7 @@ class PyKeySet:
         *,
         kid: str | None = None,
         headers: Mapping[str, Any] | None = None,
-        expires_in: float | None = None,
+        expires_in: float | datetime.timedelta | None = None,
         alg: str = "EdDSA",
         now: float | None = None,
     ) -> str:
