@@ -107,11 +107,12 @@ def token_metrics() -> dict[str, Any]:
 
 _P: Final = 2**255 - 19
 _D: Final = (-121665 * pow(121666, _P - 2, _P)) % _P
+_Y_MASK: Final = (1 << 255) - 1
 
 
 def _x_squared(encoding: bytes) -> tuple[int, int] | None:
     """``(y, x**2)`` of a compressed Edwards point, or ``None`` when it does not decompress."""
-    y = (int.from_bytes(encoding, "little") & ((1 << 255) - 1)) % _P
+    y = (int.from_bytes(encoding, "little") & _Y_MASK) % _P
     u = (y * y - 1) % _P
     v = (_D * y * y + 1) % _P
     x2 = u * pow(v, _P - 2, _P) % _P
@@ -120,19 +121,29 @@ def _x_squared(encoding: bytes) -> tuple[int, int] | None:
     return y, x2
 
 
+#: The eight small-order points (the identity and the torsion points of orders 2, 4 and 8).
+_SMALL_ORDER_ENCODINGS: Final = (
+    "0100000000000000000000000000000000000000000000000000000000000000",
+    "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+    "0000000000000000000000000000000000000000000000000000000000000000",
+    "0000000000000000000000000000000000000000000000000000000000000080",
+    "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a",
+    "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac03fa",
+    "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05",
+    "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc85",
+)
+#: Their y coordinates mod p: a point is small-order exactly when its y is one of these, so
+#: comparing the reduced y also catches the non-canonical encodings (y + p, either sign bit) that
+#: dalek decodes to the same points.
+_SMALL_ORDER_Y: Final = frozenset(
+    (int.from_bytes(bytes.fromhex(h), "little") & _Y_MASK) % _P for h in _SMALL_ORDER_ENCODINGS
+)
+
+
 def _is_small_order(encoding: bytes) -> bool:
-    """Whether a compressed point that decompresses has order dividing 8 (the identity and the
-    torsion points, canonical or not): three doublings reach the identity (y == 1)."""
-    point = _x_squared(encoding)
-    if point is None:
-        return False
-    y, x2 = point
-    for _ in range(3):
-        y2 = y * y % _P
-        # y(2P) = (y^2 + x^2) / (2 + x^2 - y^2) on -x^2 + y^2 = 1 + d x^2 y^2 (never 0 / 0).
-        y = (y2 + x2) * pow((2 + x2 - y2) % _P, _P - 2, _P) % _P
-        x2 = (y * y - 1) * pow((_D * y * y + 1) % _P, _P - 2, _P) % _P
-    return y == 1
+    """Whether a compressed point is one of the small-order points (what dalek's ``is_weak``
+    and ``verify_strict`` refuse), in any encoding."""
+    return (int.from_bytes(encoding, "little") & _Y_MASK) % _P in _SMALL_ORDER_Y
 
 
 def _public_key_from_bytes(raw: bytes) -> Ed25519PublicKey:
