@@ -67,7 +67,7 @@ bench-py: build $(BENCH_STAMP) ## Python benchmarks against the peers (writes do
 	$(BIN)/python benches/py/run.py --output docs/benchmarks.md
 
 bench-rust: ## criterion benchmarks of the Rust core
-	cargo bench --no-default-features --bench cache
+	cargo bench --no-default-features --bench cache --bench tokens
 
 clean: ## remove .venv and build products (keeps the cargo target dir)
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

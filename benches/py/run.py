@@ -36,6 +36,7 @@ from benchlib import (
 #: Benchmark modules, in the order of their sections: ``--only`` takes these names.
 MODULES: dict[str, str] = {
     "cache": "bench_cache",
+    "tokens": "bench_tokens",
 }
 
 #: Imports of the extension may fail for a moment while someone rebuilds it: retry this long.
@@ -85,7 +86,8 @@ def render(sections: list[Section], settings: Settings, elapsed: float) -> str:
         "Reproduce with `make bench` (`make bench-py` = "
         "`.venv/bin/python benches/py/run.py --output docs/benchmarks.md`, "
         "then `make bench-rust` = "
-        "`cargo bench --no-default-features --bench cache`; the criterion section below shows the "
+        "`cargo bench --no-default-features --bench cache --bench tokens`; the criterion sections "
+        "below show the "
         "results of the last `cargo bench` present in `target/criterion`, with its date). "
         "Method: every figure is measured side by side with its peers in one run, interleaved, "
         "repeated; medians with the min-max of the repeats. Absolute times move by tens of "
