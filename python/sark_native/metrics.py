@@ -11,6 +11,7 @@ collectors): scrape every worker, or aggregate per pod.
 
 from __future__ import annotations
 
+import sys
 import threading
 import weakref
 from collections.abc import Iterator
@@ -30,11 +31,11 @@ def _token_counters() -> Iterator[tuple[str, dict[str, Any]]]:
     """``(implementation, counters)`` of the token paths of both backends."""
     if _backend.RUST_AVAILABLE:
         yield "rust", _backend.native()._token_metrics()
-    try:
-        from ._fallback import tokens as _py_tokens
-    except ImportError:  # joserfc missing: no pure-Python token path, nothing counted
-        return
-    yield "python", _py_tokens.token_metrics()
+    # The pure-Python path is imported on first use (it needs joserfc); before that it has
+    # counted nothing, and a scrape should not import it.
+    py_tokens = sys.modules.get("sark_native._fallback.tokens")
+    if py_tokens is not None:
+        yield "python", py_tokens.token_metrics()
 
 
 def _cache_counters() -> Iterator[tuple[str, str, dict[str, int]]]:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import _backend
 from ._backend import BackendChoice
+from .exceptions import BackendUnavailableError
 
 __all__ = ["MAX_TOKEN_SIZE", "Ed25519Signer", "KeySet"]
 
@@ -23,10 +24,24 @@ __all__ = ["MAX_TOKEN_SIZE", "Ed25519Signer", "KeySet"]
 MAX_TOKEN_SIZE = 16 * 1024
 
 
-def _python() -> Any:
-    # The pure-Python path needs joserfc (the ``tokens`` extra); import it only when used.
-    from ._fallback import tokens
+_python_registered = False
 
+
+def _python() -> Any:
+    """The pure-Python twin, imported on first use: it needs joserfc and cryptography (the
+    ``tokens`` extra), which ``import sark_native`` should not pay for."""
+    global _python_registered
+    try:
+        from ._fallback import tokens
+    except ImportError as exc:
+        raise BackendUnavailableError(
+            "the pure-Python token path needs joserfc: pip install 'sark-native[tokens]' "
+            f"({exc})"
+        ) from exc
+    if not _python_registered:
+        Ed25519Signer.register(tokens.PyEd25519Signer)
+        KeySet.register(tokens.PyKeySet)
+        _python_registered = True
     return tokens
 
 
@@ -195,14 +210,3 @@ if _backend.RUST_AVAILABLE:
     Ed25519Signer.register(_backend.native().Ed25519Signer)
     KeySet.register(_backend.native().KeySet)
 
-
-def _register_python() -> None:
-    try:
-        py = _python()
-    except ImportError:  # joserfc missing: only the Rust path
-        return
-    Ed25519Signer.register(py.PyEd25519Signer)
-    KeySet.register(py.PyKeySet)
-
-
-_register_python()
