@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime
 import pickle
 from collections import OrderedDict
+from types import MappingProxyType
 from typing import Any
 
 import pytest
@@ -170,6 +171,16 @@ def test_encode_refuses_what_json_cannot_say(
     s = Ed25519Signer.generate(backend=backend)
     with pytest.raises(error):
         s.encode(claims)
+
+
+def test_claims_and_headers_may_be_any_mapping(backend: Backend) -> None:
+    s = Ed25519Signer.generate(backend=backend)
+    claims = MappingProxyType({"sub": "a", "exp": FUTURE})
+    token = s.encode(claims, headers=MappingProxyType({"cty": "x"}))
+    assert parts(token) == ({"alg": "EdDSA", "typ": "JWT", "kid": s.kid, "cty": "x"}, dict(claims))
+    # A mapping nested inside the claims is not JSON (as for json.dumps).
+    with pytest.raises(TypeError):
+        s.encode({"m": MappingProxyType({"a": 1})})
 
 
 def test_encode_refuses_deep_nesting_the_same_way(backend: Backend) -> None:

@@ -35,8 +35,7 @@ def _python() -> Any:
         from ._fallback import tokens
     except ImportError as exc:
         raise BackendUnavailableError(
-            "the pure-Python token path needs joserfc: pip install 'sark-native[tokens]' "
-            f"({exc})"
+            f"the pure-Python token path needs joserfc: pip install 'sark-native[tokens]' ({exc})"
         ) from exc
     if not _python_registered:
         Ed25519Signer.register(tokens.PyEd25519Signer)
@@ -209,4 +208,3 @@ class KeySet(metaclass=ABCMeta):  # noqa: B024 - a virtual base: both backends r
 if _backend.RUST_AVAILABLE:
     Ed25519Signer.register(_backend.native().Ed25519Signer)
     KeySet.register(_backend.native().KeySet)
-

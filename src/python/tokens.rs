@@ -455,7 +455,10 @@ impl PyEd25519Signer {
 
     /// The verified claims of `token`. See `sark_native.Ed25519Signer.decode`.
     #[pyo3(signature = (token, *, audience = None, issuer = None, leeway = 0.0, require = None, now = None))]
-    #[allow(clippy::too_many_arguments)]
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one parameter per keyword argument of the Python method"
+    )]
     fn decode<'py>(
         &self,
         py: Python<'py>,
@@ -547,7 +550,10 @@ impl PyKeySet {
 
     /// A compact JWS signed by the key `kid` (default: the only private key of the set).
     #[pyo3(signature = (claims, *, kid = None, headers = None, expires_in = None, alg = "EdDSA", now = None))]
-    #[allow(clippy::too_many_arguments)]
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one parameter per keyword argument of the Python method"
+    )]
     fn encode(
         &self,
         py: Python<'_>,
@@ -566,7 +572,10 @@ impl PyKeySet {
 
     /// The verified claims of `token`, checked with the key its `kid` names.
     #[pyo3(signature = (token, *, audience = None, issuer = None, leeway = 0.0, require = None, now = None))]
-    #[allow(clippy::too_many_arguments)]
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one parameter per keyword argument of the Python method"
+    )]
     fn decode<'py>(
         &self,
         py: Python<'py>,

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final
 
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
     Ed25519PublicKey,
@@ -592,7 +592,7 @@ class _Key:
             raise error
         try:
             okp = OKPKey.import_key(data.strip())
-        except (JoseError, ValueError, TypeError):
+        except (JoseError, UnsupportedAlgorithm, ValueError, TypeError):
             raise error from None
         private = okp.private_key
         if okp.curve_name != "Ed25519" or not isinstance(private, Ed25519PrivateKey):
