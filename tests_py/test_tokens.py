@@ -404,3 +404,17 @@ def test_backend_choice(backend: Backend) -> None:
     with pytest.raises(ValueError, match="backend"):
         Ed25519Signer.generate(backend="go")  # type: ignore[arg-type]
     assert "tokens" in sark_native.backend_info()["components"]
+
+
+def test_json_corner_cases_decode_alike(backend: Backend) -> None:
+    s = Ed25519Signer.generate(backend=backend)
+    header = {"alg": "EdDSA", "kid": s.kid}
+    dup = s.decode(forge(s, header, b'{"exp":4000000000,"a":1,"b":2,"a":3}'), now=NOW)
+    assert list(dup.items()) == [("exp", 4000000000), ("a", 3), ("b", 2)]
+    big = s.decode(forge(s, header, b'{"exp":4000000000,"u":18446744073709551615,"f":1e19}'))
+    assert big["u"] == 2**64 - 1
+    assert isinstance(big["u"], int)
+    huge = s.decode(forge(s, header, b'{"exp":4000000000,"h":18446744073709551616,"n":-1e0}'))
+    assert huge["h"] == float(2**64)
+    assert isinstance(huge["h"], float)
+    assert huge["n"] == -1.0

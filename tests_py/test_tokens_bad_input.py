@@ -71,6 +71,15 @@ def _small_order_r(i: int) -> Maker:
     return make
 
 
+def _nested(levels: int) -> bytes:
+    """A JSON object holding ``levels`` nested arrays: ``levels + 1`` levels in all."""
+    return b'{"alg":"EdDSA","exp":4000000000,"n":' + b"[" * levels + b"1" + b"]" * levels + b"}"
+
+
+def _with_string(escaped: str) -> bytes:
+    return b'{"exp":4000000000,"s":"' + escaped.encode() + b'"}'
+
+
 def _other_key(s: Ed25519Signer) -> str:
     other = Ed25519Signer.generate(kid=s.kid, backend="python")
     return other.encode(GOOD)
@@ -120,6 +129,20 @@ CASES: list[tuple[str, Maker, type[TokenError]]] = [
     ("payload with NaN", lambda s: forge(s, _header(s), b'{"exp":NaN}'), DecodeError),
     ("payload with 1e400", lambda s: forge(s, _header(s), b'{"exp":1e400}'), DecodeError),
     ("payload UTF-16", lambda s: forge(s, _header(s), '{"exp":1}'.encode("utf-16")), DecodeError),
+    ("payload nested 128 deep", lambda s: forge(s, _header(s), _nested(127)), DecodeError),
+    ("header nested 128 deep", lambda s: forge(s, _nested(127), GOOD), DecodeError),
+    ("lone high surrogate", lambda s: forge(s, _header(s), _with_string("\\ud800")), DecodeError),
+    ("lone low surrogate", lambda s: forge(s, _header(s), _with_string("\\udc00")), DecodeError),
+    (
+        "reversed surrogates",
+        lambda s: forge(s, _header(s), _with_string("\\udc00\\ud800")),
+        DecodeError,
+    ),
+    (
+        "surrogate in a key",
+        lambda s: forge(s, _header(s), b'{"exp":4000000000,"\\ud800":1}'),
+        DecodeError,
+    ),
     ("exp a string", lambda s: forge(s, _header(s), {"exp": str(FUTURE)}), DecodeError),
     ("exp a bool", lambda s: forge(s, _header(s), {"exp": True}), DecodeError),
     ("exp null", lambda s: forge(s, _header(s), {"exp": None}), DecodeError),
@@ -311,3 +334,18 @@ def test_verify_is_false_for_small_order_r(backend: Backend) -> None:
     sig = s.sign(b"m")
     for point in SMALL_ORDER:
         assert s.verify(b"m", point + sig[32:]) is False
+
+
+def test_nesting_and_surrogates_at_the_limit_are_accepted(backend: Backend) -> None:
+    s = Ed25519Signer.generate(kid="k", backend=backend)
+    deep = s.decode(forge(s, _header(s), _nested(126)), now=NOW)
+    assert deep["exp"] == 4000000000
+    header_deep = forge(s, _nested(126).replace(b'"alg":"EdDSA"', b'"alg":"EdDSA","kid":"k"'), GOOD)
+    assert s.decode(header_deep, now=NOW) == GOOD
+    pair = s.decode(forge(s, _header(s), _with_string("\\ud83d\\udd11")), now=NOW)
+    assert pair["s"] == "\U0001f511"
+    # An escaped backslash before "ud800" is plain text, not a surrogate.
+    text = s.decode(forge(s, _header(s), _with_string("\\\\ud800")), now=NOW)
+    assert text["s"] == "\\ud800"
+    brackets = s.decode(forge(s, _header(s), _with_string("[" * 200)), now=NOW)
+    assert brackets["s"] == "[" * 200

@@ -547,3 +547,33 @@ fn outcomes_are_counted() {
         "expired"
     );
 }
+
+/// serde_json refuses JSON nested deeper than 127 levels (the payload object included); the
+/// Python path applies the same limit (tests_py/test_tokens_bad_input.py).
+#[test]
+fn payload_nesting_limit() {
+    let key = rfc_key();
+    let nested = |n: usize| {
+        let (open, close) = ("[".repeat(n), "]".repeat(n));
+        format!(r#"{{"exp":1800000000,"n":{open}1{close}}}"#)
+    };
+    assert!(decode(&key, &forge(&key, &header(&key), &nested(126))).is_ok());
+    let r = decode(&key, &forge(&key, &header(&key), &nested(127)));
+    assert!(matches!(r, Err(Error::Decode(_))), "{r:?}");
+}
+
+/// Unpaired surrogate escapes are not strings serde_json accepts; a pair is one character.
+#[test]
+fn lone_surrogate_escapes_are_decode_errors() {
+    let key = rfc_key();
+    for bad in [r#""\ud800""#, r#""\udc00x""#, r#""\ud800\u0041""#] {
+        let payload = format!(r#"{{"exp":1800000000,"s":{bad}}}"#);
+        let r = decode(&key, &forge(&key, &header(&key), &payload));
+        assert!(matches!(r, Err(Error::Decode(_))), "{bad}: {r:?}");
+    }
+    let ok = r#"{"exp":1800000000,"s":"\ud83d\udd11"}"#;
+    assert_eq!(
+        decode(&key, &forge(&key, &header(&key), ok)).unwrap()["s"],
+        "\u{1f511}"
+    );
+}

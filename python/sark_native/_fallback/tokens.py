@@ -261,11 +261,65 @@ _decoder = json.JSONDecoder(
 )
 
 
+#: serde_json's recursion limit as the Rust path meets it: 127 levels, the outer object included.
+MAX_JSON_DEPTH: Final = 127
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _depth_within_limit(text: str) -> bool:
+    """Whether no array/object is nested deeper than serde_json allows."""
+    if text.count("[") + text.count("{") <= MAX_JSON_DEPTH:  # the common case, in C
+        return True
+    depth = 0
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            if depth > MAX_JSON_DEPTH:
+                return False
+        elif ch in "]}":
+            depth -= 1
+    return True
+
+
+def _strings_are_unicode(value: object) -> bool:
+    """Whether every string (keys too) is valid Unicode: Python's json accepts unpaired
+    surrogate escapes (``"\\ud800"``), serde_json does not."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return False
+        return True
+    if isinstance(value, dict):
+        return all(_strings_are_unicode(k) and _strings_are_unicode(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_strings_are_unicode(v) for v in value)
+    return True
+
+
 def _json_object(raw: bytes, what: str) -> dict[str, Any]:
+    # The same JSON the Rust path (serde_json) accepts: UTF-8, no NaN/Infinity, numbers within
+    # f64, at most 127 levels deep, no unpaired surrogate escapes.
+    error = DecodeError(f"the {what} is not valid UTF-8 JSON")
     try:
-        value = _decoder.decode(raw.decode("utf-8"))
+        text = raw.decode("utf-8")
+        if not _depth_within_limit(text):
+            raise error
+        value = _decoder.decode(text)
     except (UnicodeDecodeError, ValueError, RecursionError):
-        raise DecodeError(f"the {what} is not valid UTF-8 JSON") from None
+        raise error from None
+    if "\\u" in text and _SURROGATE_ESCAPE.search(text) and not _strings_are_unicode(value):
+        raise error
     if not isinstance(value, dict):
         raise DecodeError(f"the {what} is not a JSON object")
     return value
