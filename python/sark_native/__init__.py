@@ -11,8 +11,18 @@ from typing import Any
 from . import _backend, exceptions, flags
 from ._version import VERSION as __version__
 from .cache import Cache
+from .tokens import Ed25519Signer, KeySet
 
-__all__ = ["RUST_AVAILABLE", "Cache", "__version__", "backend_info", "exceptions", "flags"]
+__all__ = [
+    "RUST_AVAILABLE",
+    "Cache",
+    "Ed25519Signer",
+    "KeySet",
+    "__version__",
+    "backend_info",
+    "exceptions",
+    "flags",
+]
 
 #: ``True`` when the Rust extension is loaded and enabled.
 RUST_AVAILABLE: bool = _backend.RUST_AVAILABLE

@@ -1,9 +1,13 @@
 # Stubs of the Rust extension module; `make lint` checks them against the build with stubtest.
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from datetime import timedelta
 from typing import Any, final
 
 __all__ = [
+    "MAX_TOKEN_SIZE",
     "Cache",
+    "Ed25519Signer",
+    "KeySet",
     "RolloutTable",
     "__version__",
     "_after_fork_child",
@@ -12,9 +16,11 @@ __all__ = [
     "_cache_metrics",
     "_shutdown",
     "_sweeper_running",
+    "_token_metrics",
     "bucket",
 ]
 __version__: str
+MAX_TOKEN_SIZE: int
 
 @final
 class Cache:
@@ -45,6 +51,81 @@ class Cache:
     def backend(self) -> str: ...
 
 def bucket(feature: str, unit_id: str) -> int: ...
+
+@final
+class Ed25519Signer:
+    @staticmethod
+    def generate(kid: str | None = None) -> Ed25519Signer: ...
+    @staticmethod
+    def from_pem(pem: str | bytes, kid: str | None = None) -> Ed25519Signer: ...
+    @staticmethod
+    def from_jwk(jwk: Mapping[str, Any], kid: str | None = None) -> Ed25519Signer: ...
+    @property
+    def kid(self) -> str: ...
+    @property
+    def backend(self) -> str: ...
+    def thumbprint(self) -> str: ...
+    def private_pem(self) -> bytes: ...
+    def public_pem(self) -> bytes: ...
+    def public_jwk(self) -> dict[str, Any]: ...
+    def private_jwk(self) -> dict[str, Any]: ...
+    def sign(self, data: bytes | bytearray) -> bytes: ...
+    def verify(self, data: bytes | bytearray, signature: bytes | bytearray) -> bool: ...
+    def encode(
+        self,
+        claims: Mapping[str, Any],
+        *,
+        headers: Mapping[str, Any] | None = None,
+        expires_in: float | timedelta | None = None,
+        alg: str = "EdDSA",
+        now: float | None = None,
+    ) -> str: ...
+    def decode(
+        self,
+        token: str | bytes,
+        *,
+        audience: str | Iterable[str] | None = None,
+        issuer: str | Iterable[str] | None = None,
+        leeway: float = 0.0,
+        require: Iterable[str] | None = None,
+        now: float | None = None,
+    ) -> dict[str, Any]: ...
+
+@final
+class KeySet:
+    @staticmethod
+    def from_jwks(jwks: Mapping[str, Any] | str | bytes) -> KeySet: ...
+    @staticmethod
+    def from_signers(signers: Iterable[Ed25519Signer]) -> KeySet: ...
+    def to_jwks(self) -> dict[str, Any]: ...
+    @property
+    def kids(self) -> list[str]: ...
+    @property
+    def backend(self) -> str: ...
+    def __len__(self) -> int: ...
+    def __contains__(self, kid: object, /) -> bool: ...
+    def encode(
+        self,
+        claims: Mapping[str, Any],
+        *,
+        kid: str | None = None,
+        headers: Mapping[str, Any] | None = None,
+        expires_in: float | timedelta | None = None,
+        alg: str = "EdDSA",
+        now: float | None = None,
+    ) -> str: ...
+    def decode(
+        self,
+        token: str | bytes,
+        *,
+        audience: str | Iterable[str] | None = None,
+        issuer: str | Iterable[str] | None = None,
+        leeway: float = 0.0,
+        require: Iterable[str] | None = None,
+        now: float | None = None,
+    ) -> dict[str, Any]: ...
+
+def _token_metrics() -> dict[str, Any]: ...
 def _cache_metrics() -> list[tuple[str, dict[str, int]]]: ...
 def _before_fork() -> None: ...
 def _after_fork_parent() -> None: ...

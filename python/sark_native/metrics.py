@@ -2,8 +2,8 @@
 
 Nothing registers itself: call :func:`register` with the registry your app exposes. The counters
 live in Rust atomics or plain integers updated under the component's own lock, so a cache
-operation or a rollout decision (``FeatureFlags.is_enabled``) makes no Python call for metrics;
-the Collector sums them when Prometheus scrapes.
+operation, a rollout decision (``FeatureFlags.is_enabled``) or a native token makes no Python call
+for metrics; the Collector sums them when Prometheus scrapes.
 
 Each process reports its own values (prometheus_client's multiprocess mode does not cover custom
 collectors): scrape every worker, or aggregate per pod.
@@ -11,6 +11,7 @@ collectors): scrape every worker, or aggregate per pod.
 
 from __future__ import annotations
 
+import sys
 import threading
 import weakref
 from collections.abc import Iterator
@@ -26,6 +27,17 @@ if TYPE_CHECKING:
     from .flags import FeatureFlags
 
 __all__ = ["SarkNativeCollector", "register"]
+
+
+def _token_counters() -> Iterator[tuple[str, dict[str, Any]]]:
+    """``(implementation, counters)`` of the token paths of both backends."""
+    if _backend.RUST_AVAILABLE:
+        yield "rust", _backend.native()._token_metrics()
+    # The pure-Python path is imported on first use (it needs joserfc); before that it has
+    # counted nothing, and a scrape should not import it.
+    py_tokens = sys.modules.get("sark_native._fallback.tokens")
+    if py_tokens is not None:
+        yield "python", py_tokens.token_metrics()
 
 
 def _cache_counters() -> Iterator[tuple[str, str, dict[str, int]]]:
@@ -154,6 +166,26 @@ class SarkNativeCollector:
         for (component, error_type), n in sorted(fallback_counts().items()):
             fallbacks.add_metric([component, error_type], n)
         yield from (assigned, rollout, fallbacks)
+        issued = CounterMetricFamily(
+            f"{p}tokens_issued", "Tokens signed (encode)", labels=["implementation"]
+        )
+        verified = CounterMetricFamily(
+            f"{p}tokens_verified",
+            "Tokens that passed decode (signature and claim checks)",
+            labels=["implementation"],
+        )
+        rejected = CounterMetricFamily(
+            f"{p}tokens_rejected",
+            "Tokens refused by decode, by reason (decode, invalid_signature, expired, immature, "
+            "invalid_audience, invalid_issuer, missing_claim)",
+            labels=["implementation", "reason"],
+        )
+        for impl, t in _token_counters():
+            issued.add_metric([impl], t["issued"])
+            verified.add_metric([impl], t["verified"])
+            for reason, n in t["rejected"].items():
+                rejected.add_metric([impl, reason], n)
+        yield from (issued, verified, rejected)
 
 
 _registered: weakref.WeakKeyDictionary[Any, SarkNativeCollector] = weakref.WeakKeyDictionary()

@@ -10,12 +10,38 @@ pub enum Error {
     InvalidArgument(String),
     /// A cache operation cannot proceed, e.g. a loader re-entering its own key (`CacheError`).
     Cache(String),
+    /// A token operation cannot proceed, e.g. signing with a public-only key (`TokenError`).
+    Token(String),
+    /// A token is malformed: segments, base64url, JSON, claim types or size (`DecodeError`).
+    Decode(String),
+    /// The signature does not verify, the algorithm is not allowed, or no key matches
+    /// (`InvalidSignatureError`).
+    InvalidSignature(String),
+    /// `exp` has passed (`ExpiredSignatureError`).
+    ExpiredSignature(String),
+    /// `nbf` or `iat` lies in the future (`ImmatureSignatureError`).
+    ImmatureSignature(String),
+    /// `aud` does not match (`InvalidAudienceError`).
+    InvalidAudience(String),
+    /// `iss` does not match (`InvalidIssuerError`).
+    InvalidIssuer(String),
+    /// A required claim is absent (`MissingRequiredClaimError`).
+    MissingRequiredClaim(String),
 }
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::InvalidArgument(msg) | Error::Cache(msg) => f.write_str(msg),
+            Error::InvalidArgument(msg)
+            | Error::Cache(msg)
+            | Error::Token(msg)
+            | Error::Decode(msg)
+            | Error::InvalidSignature(msg)
+            | Error::ExpiredSignature(msg)
+            | Error::ImmatureSignature(msg)
+            | Error::InvalidAudience(msg)
+            | Error::InvalidIssuer(msg)
+            | Error::MissingRequiredClaim(msg) => f.write_str(msg),
         }
     }
 }

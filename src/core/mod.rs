@@ -4,3 +4,4 @@ pub mod cache;
 pub mod clock;
 pub mod error;
 pub mod single_flight;
+pub mod tokens;

@@ -7,12 +7,28 @@ use pyo3::exceptions::PyValueError;
 use crate::core::error::Error;
 
 pyo3::import_exception!(sark_native.exceptions, CacheError);
+pyo3::import_exception!(sark_native.exceptions, TokenError);
+pyo3::import_exception!(sark_native.exceptions, DecodeError);
+pyo3::import_exception!(sark_native.exceptions, InvalidSignatureError);
+pyo3::import_exception!(sark_native.exceptions, ExpiredSignatureError);
+pyo3::import_exception!(sark_native.exceptions, ImmatureSignatureError);
+pyo3::import_exception!(sark_native.exceptions, InvalidAudienceError);
+pyo3::import_exception!(sark_native.exceptions, InvalidIssuerError);
+pyo3::import_exception!(sark_native.exceptions, MissingRequiredClaimError);
 
 /// Maps a core error to its Python exception.
 pub fn to_py(err: Error) -> PyErr {
     match err {
         Error::InvalidArgument(msg) => PyValueError::new_err(msg),
         Error::Cache(msg) => CacheError::new_err(msg),
+        Error::Token(msg) => TokenError::new_err(msg),
+        Error::Decode(msg) => DecodeError::new_err(msg),
+        Error::InvalidSignature(msg) => InvalidSignatureError::new_err(msg),
+        Error::ExpiredSignature(msg) => ExpiredSignatureError::new_err(msg),
+        Error::ImmatureSignature(msg) => ImmatureSignatureError::new_err(msg),
+        Error::InvalidAudience(msg) => InvalidAudienceError::new_err(msg),
+        Error::InvalidIssuer(msg) => InvalidIssuerError::new_err(msg),
+        Error::MissingRequiredClaim(msg) => MissingRequiredClaimError::new_err(msg),
     }
 }
 

@@ -5,6 +5,7 @@ mod bucket;
 mod cache;
 mod errors;
 mod gil;
+mod tokens;
 
 use pyo3::prelude::*;
 
@@ -48,6 +49,10 @@ fn sark_native_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<bucket::PyRolloutTable>()?;
     m.add_class::<cache::PyCache>()?;
     m.add_function(wrap_pyfunction!(cache::_cache_metrics, m)?)?;
+    m.add_class::<tokens::PyEd25519Signer>()?;
+    m.add_class::<tokens::PyKeySet>()?;
+    m.add_function(wrap_pyfunction!(tokens::_token_metrics, m)?)?;
+    m.add("MAX_TOKEN_SIZE", crate::core::tokens::MAX_TOKEN_SIZE)?;
     m.add_function(wrap_pyfunction!(_before_fork, m)?)?;
     m.add_function(wrap_pyfunction!(_after_fork_parent, m)?)?;
     m.add_function(wrap_pyfunction!(_after_fork_child, m)?)?;
