@@ -15,7 +15,7 @@ export VIRTUAL_ENV := $(abspath $(VENV))
 MATURIN_FLAGS ?= --release
 
 .DEFAULT_GOAL := help
-.PHONY: help venv build test test-rust test-py test-py-fallback lint fmt bench bench-rust bench-py clean
+.PHONY: help venv redis build test test-rust test-py test-py-fallback lint fmt bench bench-rust bench-py clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -28,6 +28,24 @@ $(DEPS_STAMP): pyproject.toml constraints.txt
 
 venv: $(DEPS_STAMP) ## create .venv with the build, test and lint dependencies (pinned)
 
+# The rollout tests and benchmarks start their own redis-server (a free loopback port, a temp
+# dir). Debian's `redis-server` package is only a symlink plus a system service that its postinst
+# starts; `redis-tools` ships the binary itself, which runs as the server when called by that
+# name. So: use a redis-server on PATH if there is one, else install redis-tools (as root, or
+# with passwordless sudo) and link .venv/bin/redis-server to it. No service is started.
+redis: $(DEPS_STAMP) ## make a redis-server binary available to the tests (installs Debian's redis-tools if needed)
+	@if command -v redis-server >/dev/null 2>&1 || [ -x $(BIN)/redis-server ]; then exit 0; fi; \
+	if ! command -v redis-check-rdb >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; \
+	  elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then SUDO=sudo; \
+	  else echo "redis-server is missing: install it (Debian/Ubuntu: apt-get install redis-tools)" >&2; exit 1; fi; \
+	  echo "installing redis-tools (provides the redis-server binary)"; \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends redis-tools >/dev/null; \
+	fi; \
+	ln -sf "$$(command -v redis-check-rdb)" $(BIN)/redis-server; \
+	$(BIN)/redis-server --version
+
 build: $(DEPS_STAMP) ## build the extension (release) and install it into .venv
 	$(BIN)/maturin develop $(MATURIN_FLAGS) --quiet
 
@@ -36,10 +54,10 @@ test: build test-rust test-py test-py-fallback ## everything CI runs: cargo test
 test-rust: ## cargo test of the pure-Rust core (tests_rs/ and unit tests; no libpython needed)
 	cargo test --no-default-features --all-targets
 
-test-py: build ## pytest: every contract test on the Rust and the pure-Python backend
+test-py: build redis ## pytest: every contract test on the Rust and the pure-Python backend
 	$(BIN)/python -m pytest
 
-test-py-fallback: build ## pytest with the extension disabled (SARK_NATIVE_BACKEND=python)
+test-py-fallback: build redis ## pytest with the extension disabled (SARK_NATIVE_BACKEND=python)
 	SARK_NATIVE_BACKEND=python $(BIN)/python -m pytest
 
 lint: build ## cargo fmt --check, clippy -D warnings, ruff, mypy, stubtest, zizmor
@@ -63,11 +81,11 @@ $(BENCH_STAMP): $(DEPS_STAMP)
 
 bench: bench-rust bench-py ## side-by-side benchmarks (criterion, then Python); writes docs/benchmarks.md
 
-bench-py: build $(BENCH_STAMP) ## Python benchmarks against the peers (writes docs/benchmarks.md)
+bench-py: build redis $(BENCH_STAMP) ## Python benchmarks against the peers (writes docs/benchmarks.md)
 	$(BIN)/python benches/py/run.py --output docs/benchmarks.md
 
 bench-rust: ## criterion benchmarks of the Rust core
-	cargo bench --no-default-features --bench cache
+	cargo bench --no-default-features --bench cache --bench bucket --bench tokens
 
 clean: ## remove .venv and build products (keeps the cargo target dir)
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

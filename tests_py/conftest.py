@@ -1,8 +1,17 @@
-"""Shared fixtures: the ``backend`` parameter that runs every contract test on both paths."""
+"""Shared fixtures: the ``backend`` parameter that runs every contract test on both paths, and a
+real ``redis-server`` for the rollout tests."""
 
 from __future__ import annotations
 
 import os
+import pathlib
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
 from typing import cast
 
 import pytest
@@ -27,3 +36,134 @@ BACKENDS = ["rust", "python"] if sark_native.RUST_AVAILABLE else ["python"]
 def backend(request: pytest.FixtureRequest) -> Backend:
     """Each test that takes this fixture runs once per available backend."""
     return cast(Backend, request.param)
+
+
+class RedisServer:
+    """A real ``redis-server`` on a free loopback port, in its own temp dir, no persistence.
+
+    ``make test`` installs the binary (``make redis``); it is found on PATH, next to the venv's
+    python (``.venv/bin/redis-server``) or at ``$SARK_NATIVE_REDIS_SERVER``.
+    """
+
+    def __init__(self, directory: pathlib.Path) -> None:
+        self.directory = directory
+        self.binary = find_redis_server()
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        log = open(self.directory / "redis.log", "ab")  # noqa: SIM115 - closed below
+        with log:
+            self.proc = subprocess.Popen(
+                [
+                    self.binary,
+                    "--port",
+                    str(self.port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--dir",
+                    str(self.directory),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                preexec_fn=die_with_parent,
+            )
+        deadline = time.monotonic() + 10
+        while not self.ping():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"redis-server did not start; see {self.directory}/redis.log")
+            time.sleep(0.02)
+
+    def ping(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def kill(self) -> None:
+        """SIGKILL: an outage with no goodbye to the clients."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+            self.proc = None
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+            self.proc = None
+
+    def flushall(self) -> None:
+        with socket.create_connection(("127.0.0.1", self.port), timeout=2) as s:
+            s.sendall(b"FLUSHALL\r\n")
+            assert s.recv(16).startswith(b"+OK")
+
+
+def die_with_parent() -> None:
+    """In the child before exec: on Linux, get SIGTERM when pytest dies (a killed run must not
+    leave servers behind)."""
+    if sys.platform == "linux":
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def find_redis_server() -> str:
+    candidates = [
+        os.environ.get("SARK_NATIVE_REDIS_SERVER"),
+        shutil.which("redis-server"),
+        str(pathlib.Path(sys.executable).parent / "redis-server"),
+    ]
+    for candidate in candidates:
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    raise RuntimeError("redis-server not found: run `make redis` (the README's set-up installs it)")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One real redis-server for the session, stopped at the end."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """The session's Redis, emptied before the test."""
+    redis_server.flushall()
+    return redis_server.url
+
+
+@pytest.fixture
+def private_redis(tmp_path: pathlib.Path) -> Iterator[RedisServer]:
+    """A redis-server of the test's own, which the test may kill and restart."""
+    server = RedisServer(tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -4,6 +4,7 @@ around fork() and rebuilt in the child, and the interpreter exits cleanly."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -115,7 +116,17 @@ def test_cache_and_sweeper_work_in_a_forked_child(backend: Backend) -> None:
             code = 0
         finally:
             os._exit(code)
-    _, status = os.waitpid(pid, 0)
+    # Wait with a bound: a child deadlocked by the fork must fail the test, not hang it.
+    deadline = time.monotonic() + 30
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise AssertionError("the forked child hung")
+        time.sleep(0.02)
     assert os.waitstatus_to_exitcode(status) == 0
     # the parent is unaffected
     assert c.get("k1") == 1

@@ -3,6 +3,8 @@ standard exceptions callers already handle."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 import sark_native
@@ -87,3 +89,37 @@ def test_hashing_errors_are_the_python_classes(backend: Backend) -> None:
     with pytest.raises(ex.VerifyMismatchError) as mismatch:
         h.verify(h.hash("a"), "b")
     assert type(mismatch.value) is ex.VerifyMismatchError
+
+
+@pytest.mark.parametrize(
+    ("make", "error"),
+    [
+        ("public-only", ex.TokenError),
+        ("malformed", ex.DecodeError),
+        ("forged", ex.InvalidSignatureError),
+        ("expired", ex.ExpiredSignatureError),
+        ("immature", ex.ImmatureSignatureError),
+        ("audience", ex.InvalidAudienceError),
+        ("issuer", ex.InvalidIssuerError),
+        ("missing", ex.MissingRequiredClaimError),
+    ],
+)
+def test_token_errors_are_the_python_classes(backend: Backend, make: str, error: type) -> None:
+    s = sark_native.Ed25519Signer.generate(backend=backend)
+    public = sark_native.KeySet.from_jwks({"keys": [s.public_jwk()]}, backend=backend)
+    other = sark_native.Ed25519Signer.generate(kid=s.kid, backend=backend)
+    far = 4_000_000_000
+    calls: dict[str, Callable[[], object]] = {
+        "public-only": lambda: public.encode({}),
+        "malformed": lambda: s.decode("a.b"),
+        "forged": lambda: s.decode(other.encode({"exp": far})),
+        "expired": lambda: s.decode(s.encode({"exp": 1})),
+        "immature": lambda: s.decode(s.encode({"exp": far, "nbf": far - 1})),
+        "audience": lambda: s.decode(s.encode({"exp": far, "aud": "x"})),
+        "issuer": lambda: s.decode(s.encode({"exp": far, "iss": "x"}), issuer="y"),
+        "missing": lambda: s.decode(s.encode({})),
+    }
+    with pytest.raises(ex.TokenError) as info:
+        calls[make]()
+    assert type(info.value) is error
+    assert isinstance(info.value, ValueError)

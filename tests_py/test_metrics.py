@@ -117,3 +117,69 @@ def test_hashes_and_verifications_are_counted_and_timed(backend: Backend) -> Non
     assert get("password_hash_queue_depth") == 0
     assert get("password_hash_workers") >= 1
     assert sample(registry, "password_hash_rejected_total", **impl) is not None
+
+
+@pytest.mark.asyncio
+async def test_feature_flag_metrics() -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from sark_native import metrics
+    from sark_native.flags import FeatureFlags
+
+    registry = CollectorRegistry()
+    metrics.register(registry)
+    flags = FeatureFlags()
+    await flags.set_rollout("metric_feature", 40)
+    on = sum(flags.is_enabled("metric_feature", f"u{i}") for i in range(500))
+    text = generate_latest(registry).decode()
+    assert (
+        f'feature_flag_assignments_total{{feature="metric_feature",implementation="rust"}} {on}.0'
+        in text
+    )
+    assert (
+        'feature_flag_assignments_total{feature="metric_feature",implementation="python"} '
+        f"{500 - on}.0" in text
+    )
+    assert 'feature_flag_rollout_percentage{feature="metric_feature"} 40.0' in text
+    del flags
+
+
+def test_tokens_are_counted_by_outcome_and_reason(backend: Backend) -> None:
+    from sark_native.exceptions import DecodeError, ExpiredSignatureError, InvalidSignatureError
+
+    registry = CollectorRegistry()
+    metrics.register(registry)
+    labels = {"implementation": backend}
+
+    def value(name: str, **extra: str) -> float:
+        return sample(registry, name, **labels, **extra) or 0.0
+
+    before = {
+        "issued": value("tokens_issued_total"),
+        "verified": value("tokens_verified_total"),
+        "decode": value("tokens_rejected_total", reason="decode"),
+        "sig": value("tokens_rejected_total", reason="invalid_signature"),
+        "expired": value("tokens_rejected_total", reason="expired"),
+    }
+    s = sark_native.Ed25519Signer.generate(backend=backend)
+    other = sark_native.Ed25519Signer.generate(kid=s.kid, backend=backend)
+    good = s.encode({"exp": 4_000_000_000})
+    s.encode({"exp": 1})
+    s.decode(good)
+    s.decode(good)
+    s.decode(good)
+    for token, error in [
+        ("nope", DecodeError),
+        ("\ud800", DecodeError),
+        (other.encode({"exp": 4_000_000_000}), InvalidSignatureError),
+        (s.encode({"exp": 1}), ExpiredSignatureError),
+    ]:
+        with pytest.raises(error):
+            s.decode(token)
+    assert value("tokens_issued_total") - before["issued"] == 4
+    assert value("tokens_verified_total") - before["verified"] == 3
+    assert value("tokens_rejected_total", reason="decode") - before["decode"] == 2
+    assert value("tokens_rejected_total", reason="invalid_signature") - before["sig"] == 1
+    assert value("tokens_rejected_total", reason="expired") - before["expired"] == 1
+    text = generate_latest(registry).decode()
+    assert 'tokens_rejected_total{implementation="' in text

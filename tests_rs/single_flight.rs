@@ -68,10 +68,12 @@ fn an_abandoned_flight_lets_a_waiter_lead() {
         panic!("first caller leads")
     };
     let sf2 = sf.clone();
+    let (joined_tx, joined_rx) = std::sync::mpsc::channel();
     let waiter = std::thread::spawn(move || {
         let Join::Waiter(f) = sf2.join(b"k") else {
             panic!("second caller waits")
         };
+        joined_tx.send(()).unwrap();
         let seen = loop {
             match f.wait(Duration::from_millis(10)) {
                 Wait::Pending => continue,
@@ -84,7 +86,8 @@ fn an_abandoned_flight_lets_a_waiter_lead() {
             _ => panic!("after abandonment the waiter leads"),
         }
     });
-    std::thread::sleep(Duration::from_millis(50));
+    // Abandon only once the waiter is waiting (a sleep here would race on a loaded machine).
+    joined_rx.recv().unwrap();
     drop(leader);
     waiter.join().unwrap();
     assert_eq!(sf.in_flight(), 0);

@@ -36,6 +36,8 @@ from benchlib import (
 #: Benchmark modules, in the order of their sections: ``--only`` takes these names.
 MODULES: dict[str, str] = {
     "cache": "bench_cache",
+    "rollout": "bench_rollout",
+    "tokens": "bench_tokens",
     "hashing": "bench_hashing",
 }
 
@@ -86,7 +88,8 @@ def render(sections: list[Section], settings: Settings, elapsed: float) -> str:
         "Reproduce with `make bench` (`make bench-py` = "
         "`.venv/bin/python benches/py/run.py --output docs/benchmarks.md`, "
         "then `make bench-rust` = "
-        "`cargo bench --no-default-features --bench cache`; the criterion section below shows the "
+        "`cargo bench --no-default-features --bench cache --bench bucket --bench tokens`; "
+        "the criterion sections below show the "
         "results of the last `cargo bench` present in `target/criterion`, with its date). "
         "Method: every figure is measured side by side with its peers in one run, interleaved, "
         "repeated; medians with the min-max of the repeats. Absolute times move by tens of "

@@ -8,19 +8,23 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import _backend, exceptions
+from . import _backend, exceptions, flags
 from ._version import VERSION as __version__
 from .cache import Cache
 from .hashing import PasswordHasher, configure
+from .tokens import Ed25519Signer, KeySet
 
 __all__ = [
     "RUST_AVAILABLE",
     "Cache",
+    "Ed25519Signer",
+    "KeySet",
     "PasswordHasher",
     "__version__",
     "backend_info",
     "configure",
     "exceptions",
+    "flags",
 ]
 
 #: ``True`` when the Rust extension is loaded and enabled.

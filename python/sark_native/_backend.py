@@ -15,6 +15,7 @@ import importlib
 import logging
 import os
 import platform
+from collections.abc import Callable
 from types import ModuleType
 from typing import Any, Literal
 
@@ -26,9 +27,11 @@ __all__ = [
     "RUST_AVAILABLE",
     "Backend",
     "BackendChoice",
+    "bucket_function",
     "info",
     "native",
     "resolve",
+    "rollout_table",
 ]
 
 logger = logging.getLogger("sark_native")
@@ -38,7 +41,7 @@ Backend = Literal["rust", "python"]
 BackendChoice = Literal["auto", "rust", "python"]
 
 #: Components that have a native and a pure-Python implementation.
-COMPONENTS: tuple[str, ...] = ("cache", "hashing")
+COMPONENTS: tuple[str, ...] = ("cache", "bucket", "tokens", "hashing")
 
 _forced = os.environ.get(ENV_VAR, "").strip().lower()
 if _forced not in ("", "auto", "rust", "python"):
@@ -87,6 +90,27 @@ def resolve(component: str, backend: object) -> Backend:
         native()  # raises with the reason when unavailable
         return "rust"
     raise ValueError(f"{component}: backend must be 'auto', 'rust' or 'python', not {backend!r}")
+
+
+def bucket_function() -> Callable[[str, str], int]:
+    """The rollout ``bucket`` function: native when the extension is loaded, else the ``mmh3``
+    twin. Both give the same result on every input, so it takes no backend argument."""
+    if _native is not None:
+        native_bucket: Callable[[str, str], int] = _native.bucket
+        return native_bucket
+    from ._fallback.bucket import bucket
+
+    return bucket
+
+
+def rollout_table() -> Any:
+    """A new ``RolloutTable`` (percentages and decision counters) for ``FeatureFlags``: the native
+    one (counters in Rust atomics) when the extension is loaded, else its pure-Python twin."""
+    if _native is not None:
+        return _native.RolloutTable()
+    from ._fallback.bucket import RolloutTable
+
+    return RolloutTable()
 
 
 def info() -> dict[str, Any]:

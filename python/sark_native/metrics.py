@@ -2,7 +2,8 @@
 
 Nothing registers itself: call :func:`register` with the registry your app exposes. The counters
 live in Rust atomics or plain integers updated under the component's own lock, so a cache
-operation makes no Python call for metrics; the Collector sums them when Prometheus scrapes.
+operation, a rollout decision (``FeatureFlags.is_enabled``) or a native token makes no Python call
+for metrics; the Collector sums them when Prometheus scrapes.
 
 Each process reports its own values (prometheus_client's multiprocess mode does not cover custom
 collectors): scrape every worker, or aggregate per pod.
@@ -10,6 +11,7 @@ collectors): scrape every worker, or aggregate per pod.
 
 from __future__ import annotations
 
+import sys
 import threading
 import weakref
 from collections.abc import Iterator
@@ -23,7 +25,20 @@ from ._version import VERSION
 if TYPE_CHECKING:
     from prometheus_client.registry import CollectorRegistry
 
+    from .flags import FeatureFlags
+
 __all__ = ["SarkNativeCollector", "register"]
+
+
+def _token_counters() -> Iterator[tuple[str, dict[str, Any]]]:
+    """``(implementation, counters)`` of the token paths of both backends."""
+    if _backend.RUST_AVAILABLE:
+        yield "rust", _backend.native()._token_metrics()
+    # The pure-Python path is imported on first use (it needs joserfc); before that it has
+    # counted nothing, and a scrape should not import it.
+    py_tokens = sys.modules.get("sark_native._fallback.tokens")
+    if py_tokens is not None:
+        yield "python", py_tokens.token_metrics()
 
 
 def _cache_counters() -> Iterator[tuple[str, str, dict[str, int]]]:
@@ -99,6 +114,29 @@ def _hashing_families(p: str) -> Iterator[Any]:
     yield from (ops, duration, rejected, depth, running, workers)
 
 
+#: Every live FeatureFlags in this process; their counters are read at scrape time.
+_flags: weakref.WeakSet[FeatureFlags] = weakref.WeakSet()
+
+
+def _track_flags(flags: FeatureFlags) -> None:
+    """Called by ``FeatureFlags.__init__``: its assignments and percentages are reported."""
+    _flags.add(flags)
+
+
+def _flag_metrics() -> tuple[dict[tuple[str, str], int], dict[str, int]]:
+    """Assignments summed over every FeatureFlags, by (feature, implementation), and the
+    percentage in force per feature (the first instance that knows the feature wins)."""
+    assignments: dict[tuple[str, str], int] = {}
+    percentages: dict[str, int] = {}
+    for flags in list(_flags):
+        for feature, by_impl in flags.assignments().items():
+            for impl, n in by_impl.items():
+                assignments[(feature, impl)] = assignments.get((feature, impl), 0) + n
+        for feature, pct in flags.rollouts().items():
+            percentages.setdefault(feature, pct)
+    return assignments, percentages
+
+
 class SarkNativeCollector:
     """A prometheus_client Collector over every sark_native component in this process."""
 
@@ -168,6 +206,52 @@ class SarkNativeCollector:
                 rust_size.add_metric([name], c["size"])
         yield from (ops, results, evictions, expirations, size, max_size, rust_size)
         yield from _hashing_families(p)
+
+        assignments, percentages = _flag_metrics()
+        assigned = CounterMetricFamily(
+            f"{p}feature_flag_assignments",
+            "Rollout decisions (FeatureFlags.is_enabled) by feature and the implementation chosen",
+            labels=["feature", "implementation"],
+        )
+        for (feature, impl), n in sorted(assignments.items()):
+            assigned.add_metric([feature, impl], n)
+        rollout = GaugeMetricFamily(
+            f"{p}feature_flag_rollout_percentage",
+            "Rollout percentage in force in this process, by feature",
+            labels=["feature"],
+        )
+        for feature, pct in sorted(percentages.items()):
+            rollout.add_metric([feature], pct)
+        fallbacks = CounterMetricFamily(
+            f"{p}rust_fallback",
+            "Native calls that failed internally and were retried on the Python path",
+            labels=["component", "error_type"],
+        )
+        from .flags._fallback_call import fallback_counts
+
+        for (component, error_type), n in sorted(fallback_counts().items()):
+            fallbacks.add_metric([component, error_type], n)
+        yield from (assigned, rollout, fallbacks)
+        issued = CounterMetricFamily(
+            f"{p}tokens_issued", "Tokens signed (encode)", labels=["implementation"]
+        )
+        verified = CounterMetricFamily(
+            f"{p}tokens_verified",
+            "Tokens that passed decode (signature and claim checks)",
+            labels=["implementation"],
+        )
+        rejected = CounterMetricFamily(
+            f"{p}tokens_rejected",
+            "Tokens refused by decode, by reason (decode, invalid_signature, expired, immature, "
+            "invalid_audience, invalid_issuer, missing_claim)",
+            labels=["implementation", "reason"],
+        )
+        for impl, t in _token_counters():
+            issued.add_metric([impl], t["issued"])
+            verified.add_metric([impl], t["verified"])
+            for reason, n in t["rejected"].items():
+                rejected.add_metric([impl, reason], n)
+        yield from (issued, verified, rejected)
 
 
 _registered: weakref.WeakKeyDictionary[Any, SarkNativeCollector] = weakref.WeakKeyDictionary()

@@ -20,6 +20,23 @@ pub enum Error {
     Overloaded(String),
     /// An internal invariant failed, e.g. a worker panicked (`RuntimeError`).
     Internal(String),
+    /// A token operation cannot proceed, e.g. signing with a public-only key (`TokenError`).
+    Token(String),
+    /// A token is malformed: segments, base64url, JSON, claim types or size (`DecodeError`).
+    Decode(String),
+    /// The signature does not verify, the algorithm is not allowed, or no key matches
+    /// (`InvalidSignatureError`).
+    InvalidSignature(String),
+    /// `exp` has passed (`ExpiredSignatureError`).
+    ExpiredSignature(String),
+    /// `nbf` or `iat` lies in the future (`ImmatureSignatureError`).
+    ImmatureSignature(String),
+    /// `aud` does not match (`InvalidAudienceError`).
+    InvalidAudience(String),
+    /// `iss` does not match (`InvalidIssuerError`).
+    InvalidIssuer(String),
+    /// A required claim is absent (`MissingRequiredClaimError`).
+    MissingRequiredClaim(String),
 }
 
 impl fmt::Display for Error {
@@ -30,7 +47,15 @@ impl fmt::Display for Error {
             | Error::InvalidHash(msg)
             | Error::Verification(msg)
             | Error::Overloaded(msg)
-            | Error::Internal(msg) => f.write_str(msg),
+            | Error::Internal(msg)
+            | Error::Token(msg)
+            | Error::Decode(msg)
+            | Error::InvalidSignature(msg)
+            | Error::ExpiredSignature(msg)
+            | Error::ImmatureSignature(msg)
+            | Error::InvalidAudience(msg)
+            | Error::InvalidIssuer(msg)
+            | Error::MissingRequiredClaim(msg) => f.write_str(msg),
             Error::VerifyMismatch => f.write_str("The password does not match the supplied hash"),
         }
     }

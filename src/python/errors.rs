@@ -11,18 +11,33 @@ pyo3::import_exception!(sark_native.exceptions, InvalidHashError);
 pyo3::import_exception!(sark_native.exceptions, VerifyMismatchError);
 pyo3::import_exception!(sark_native.exceptions, VerificationError);
 pyo3::import_exception!(sark_native.exceptions, OverloadedError);
+pyo3::import_exception!(sark_native.exceptions, TokenError);
+pyo3::import_exception!(sark_native.exceptions, DecodeError);
+pyo3::import_exception!(sark_native.exceptions, InvalidSignatureError);
+pyo3::import_exception!(sark_native.exceptions, ExpiredSignatureError);
+pyo3::import_exception!(sark_native.exceptions, ImmatureSignatureError);
+pyo3::import_exception!(sark_native.exceptions, InvalidAudienceError);
+pyo3::import_exception!(sark_native.exceptions, InvalidIssuerError);
+pyo3::import_exception!(sark_native.exceptions, MissingRequiredClaimError);
 
 /// Maps a core error to its Python exception.
 pub fn to_py(err: Error) -> PyErr {
-    let msg = err.to_string();
     match err {
-        Error::InvalidArgument(_) => PyValueError::new_err(msg),
-        Error::Cache(_) => CacheError::new_err(msg),
-        Error::InvalidHash(_) => InvalidHashError::new_err(msg),
-        Error::VerifyMismatch => VerifyMismatchError::new_err(msg),
-        Error::Verification(_) => VerificationError::new_err(msg),
-        Error::Overloaded(_) => OverloadedError::new_err(msg),
-        Error::Internal(_) => PyRuntimeError::new_err(msg),
+        Error::InvalidArgument(msg) => PyValueError::new_err(msg),
+        Error::Cache(msg) => CacheError::new_err(msg),
+        Error::InvalidHash(msg) => InvalidHashError::new_err(msg),
+        Error::VerifyMismatch => VerifyMismatchError::new_err(Error::VerifyMismatch.to_string()),
+        Error::Verification(msg) => VerificationError::new_err(msg),
+        Error::Overloaded(msg) => OverloadedError::new_err(msg),
+        Error::Internal(msg) => PyRuntimeError::new_err(msg),
+        Error::Token(msg) => TokenError::new_err(msg),
+        Error::Decode(msg) => DecodeError::new_err(msg),
+        Error::InvalidSignature(msg) => InvalidSignatureError::new_err(msg),
+        Error::ExpiredSignature(msg) => ExpiredSignatureError::new_err(msg),
+        Error::ImmatureSignature(msg) => ImmatureSignatureError::new_err(msg),
+        Error::InvalidAudience(msg) => InvalidAudienceError::new_err(msg),
+        Error::InvalidIssuer(msg) => InvalidIssuerError::new_err(msg),
+        Error::MissingRequiredClaim(msg) => MissingRequiredClaimError::new_err(msg),
     }
 }
 

@@ -1,10 +1,12 @@
 //! The binding layer: the `sark_native._native` extension module. It converts values, releases
 //! the GIL and maps errors; the work itself is in `crate::core`.
 
+mod bucket;
 mod cache;
 mod errors;
 mod gil;
 mod hashing;
+mod tokens;
 
 use pyo3::prelude::*;
 
@@ -56,6 +58,8 @@ fn _sweeper_running() -> bool {
 #[pyo3(name = "_native")]
 fn sark_native_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add_function(wrap_pyfunction!(bucket::bucket, m)?)?;
+    m.add_class::<bucket::PyRolloutTable>()?;
     m.add_class::<cache::PyCache>()?;
     m.add_function(wrap_pyfunction!(cache::_cache_metrics, m)?)?;
     m.add_class::<hashing::PyPasswordHasher>()?;
@@ -63,6 +67,10 @@ fn sark_native_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(hashing::_configure_hashing, m)?)?;
     m.add_function(wrap_pyfunction!(hashing::_hashing_metrics, m)?)?;
     m.add_function(wrap_pyfunction!(hashing::_hash_pool_running, m)?)?;
+    m.add_class::<tokens::PyEd25519Signer>()?;
+    m.add_class::<tokens::PyKeySet>()?;
+    m.add_function(wrap_pyfunction!(tokens::_token_metrics, m)?)?;
+    m.add("MAX_TOKEN_SIZE", crate::core::tokens::MAX_TOKEN_SIZE)?;
     m.add_function(wrap_pyfunction!(_before_fork, m)?)?;
     m.add_function(wrap_pyfunction!(_after_fork_parent, m)?)?;
     m.add_function(wrap_pyfunction!(_after_fork_child, m)?)?;

@@ -115,24 +115,23 @@ class PyCache:
 
     def get(self, key: str, default: Any = None) -> Any:
         """The value under ``key``, or ``default`` when it is missing or expired."""
-        _check_key(key)
-        dead: Any = None
+        if type(key) is not str:
+            _check_key(key)
         with self._lock:
-            item = self._data.get(key, _MISSING)
-            if item is _MISSING:
+            item = self._data.get(key)  # entries are tuples, never None
+            if item is None:
                 self._misses += 1
                 return default
-            value, deadline = item
-            if deadline and _monotonic() >= deadline:
-                dead = self._data.pop(key)
-                self._misses += 1
-                self._expirations += 1
-                value = default
-            else:
+            deadline = item[1]
+            if not deadline or _monotonic() < deadline:
                 self._data.move_to_end(key)
                 self._hits += 1
+                return item[0]
+            dead = self._data.pop(key)
+            self._misses += 1
+            self._expirations += 1
         del dead  # dropped with the lock released
-        return value
+        return default
 
     def __contains__(self, key: object) -> bool:
         _check_key(key)

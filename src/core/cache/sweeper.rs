@@ -6,7 +6,7 @@
 //! while the process is copied, and is rebuilt in the child on first use ([`after_fork_child`]).
 //! [`shutdown`] stops it for good (interpreter exit).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
 use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -42,26 +42,64 @@ struct State {
     /// The thread is sweeping (holds upgraded caches, may take shard locks).
     busy: bool,
     stopped: bool,
-    generation: u64,
     handle: Option<JoinHandle<()>>,
 }
 
-static STATE: Mutex<State> = Mutex::new(State {
-    caches: Vec::new(),
-    running: false,
-    paused: false,
-    busy: false,
-    stopped: false,
-    generation: 0,
-    handle: None,
-});
-static WAKE: Condvar = Condvar::new();
-/// Mirrors `State::running` for a lock-free check on the insert path.
+/// The sweeper's lock, condition variable and state. A forked child gets a fresh one: the
+/// parent's sweeper thread may have held this lock at the instant of the fork (it checks its
+/// state on every wake-up), and in the child nothing would ever release it.
+struct Shared {
+    state: Mutex<State>,
+    wake: Condvar,
+}
+
+impl Shared {
+    fn new(caches: Vec<Weak<dyn Sweep>>) -> Self {
+        Shared {
+            state: Mutex::new(State {
+                caches,
+                running: false,
+                paused: false,
+                busy: false,
+                stopped: false,
+                handle: None,
+            }),
+            wake: Condvar::new(),
+        }
+    }
+}
+
+/// The current [`Shared`]; replaced (the old one leaked) after `fork()` in the child.
+static SHARED: AtomicPtr<Shared> = AtomicPtr::new(std::ptr::null_mut());
+/// Mirrors `State::running` of the current [`Shared`] for a lock-free check on the insert path.
 static RUNNING: AtomicBool = AtomicBool::new(false);
+
+fn shared() -> &'static Shared {
+    let p = SHARED.load(Ordering::Acquire);
+    if !p.is_null() {
+        // SAFETY: a published Shared is leaked, never freed.
+        return unsafe { &*p };
+    }
+    let fresh = Box::into_raw(Box::new(Shared::new(Vec::new())));
+    match SHARED.compare_exchange(
+        std::ptr::null_mut(),
+        fresh,
+        Ordering::AcqRel,
+        Ordering::Acquire,
+    ) {
+        // SAFETY: just published; never freed.
+        Ok(_) => unsafe { &*fresh },
+        Err(winner) => {
+            // SAFETY: `fresh` was never published; `winner` is leaked, never freed.
+            drop(unsafe { Box::from_raw(fresh) });
+            unsafe { &*winner }
+        }
+    }
+}
 
 /// Registers a cache for sweeping (held weakly: a dropped cache leaves the list by itself).
 pub fn register(cache: Weak<dyn Sweep>) {
-    let mut st = STATE.lock();
+    let mut st = shared().state.lock();
     st.caches.retain(|w| w.strong_count() > 0);
     st.caches.push(cache);
 }
@@ -76,14 +114,14 @@ pub fn ensure_running() {
 
 #[cold]
 fn start() {
-    let mut st = STATE.lock();
+    let sh = shared();
+    let mut st = sh.state.lock();
     if st.running || st.stopped {
         return;
     }
-    let generation = st.generation;
     let spawned = std::thread::Builder::new()
         .name(THREAD_NAME.into())
-        .spawn(move || run(generation));
+        .spawn(move || run(sh));
     // When no thread can be made (resource limits), expiry stays lazy, on read, and a later
     // insert tries again.
     if let Ok(handle) = spawned {
@@ -93,16 +131,16 @@ fn start() {
     }
 }
 
-fn run(generation: u64) {
-    let mut st = STATE.lock();
+fn run(sh: &'static Shared) {
+    let mut st = sh.state.lock();
     loop {
-        if !st.stopped && st.generation == generation {
-            WAKE.wait_for(&mut st, INTERVAL);
+        if !st.stopped {
+            sh.wake.wait_for(&mut st, INTERVAL);
         }
         while st.paused && !st.stopped {
-            WAKE.wait(&mut st);
+            sh.wake.wait(&mut st);
         }
-        if st.stopped || st.generation != generation {
+        if st.stopped {
             break;
         }
         st.caches.retain(|w| w.strong_count() > 0);
@@ -116,53 +154,71 @@ fn run(generation: u64) {
             cache.sweep(BUDGET_PER_SHARD);
         }
         drop(caches);
-        st = STATE.lock();
+        st = sh.state.lock();
         st.busy = false;
-        WAKE.notify_all();
+        sh.wake.notify_all();
     }
-    if st.generation == generation {
-        st.running = false;
-        st.handle = None; // detach: this thread is ending
+    st.running = false;
+    st.handle = None; // detach: this thread is ending
+    if std::ptr::eq(SHARED.load(Ordering::Acquire), sh) {
         RUNNING.store(false, Ordering::Relaxed);
     }
 }
 
-/// Before `fork()`: wait until the sweeper is idle and keep it parked.
+/// Before `fork()`: wait until the sweeper is idle and keep it parked, so that it holds no shard
+/// lock (and drops no value) while the process is copied.
 pub fn before_fork() {
-    let mut st = STATE.lock();
+    let sh = shared();
+    let mut st = sh.state.lock();
     st.paused = true;
     while st.busy {
-        WAKE.wait(&mut st);
+        sh.wake.wait(&mut st);
     }
 }
 
 /// After `fork()`, in the parent: let the sweeper go on.
 pub fn after_fork_parent() {
-    let mut st = STATE.lock();
+    let sh = shared();
+    let mut st = sh.state.lock();
     st.paused = false;
-    WAKE.notify_all();
+    sh.wake.notify_all();
 }
 
-/// After `fork()`, in the child: the thread did not survive the fork; forget it so the next
-/// insert with a deadline starts a fresh one. The registered caches (inherited) stay registered.
+/// After `fork()`, in the child: the sweeper thread did not survive the fork. Start over with a
+/// fresh lock and state (the old ones are leaked: the parent's thread may have held the lock at
+/// the fork), keeping the registered caches when the old lock is free; the next insert with a
+/// deadline starts a new thread.
 pub fn after_fork_child() {
-    let mut st = STATE.lock();
-    st.paused = false;
-    st.busy = false;
-    st.running = false;
-    st.generation += 1;
-    // The parent's JoinHandle refers to a thread this process does not have: never join it.
-    std::mem::forget(st.handle.take());
+    let old = SHARED.load(Ordering::Acquire);
+    let caches = if old.is_null() {
+        Vec::new()
+    } else {
+        // SAFETY: a published Shared is leaked, never freed.
+        let old = unsafe { &*old };
+        match old.state.try_lock() {
+            Some(mut st) => {
+                // The parent's JoinHandle refers to a thread this process does not have.
+                std::mem::forget(st.handle.take());
+                std::mem::take(&mut st.caches)
+            }
+            // Held by a thread that no longer exists: its caches are not swept in this child
+            // (their expired entries still are never returned, and go on read).
+            None => Vec::new(),
+        }
+    };
+    let fresh = Box::into_raw(Box::new(Shared::new(caches)));
+    SHARED.store(fresh, Ordering::Release);
     RUNNING.store(false, Ordering::Relaxed);
 }
 
 /// Stops the sweeper for good and waits for its thread (interpreter exit).
 pub fn shutdown() {
+    let sh = shared();
     let handle = {
-        let mut st = STATE.lock();
+        let mut st = sh.state.lock();
         st.stopped = true;
         st.paused = false;
-        WAKE.notify_all();
+        sh.wake.notify_all();
         st.handle.take()
     };
     if let Some(h) = handle {
@@ -173,5 +229,5 @@ pub fn shutdown() {
 
 /// `true` while the sweeper thread runs (for tests and diagnostics).
 pub fn is_running() -> bool {
-    STATE.lock().running
+    shared().state.lock().running
 }
