@@ -67,16 +67,22 @@ fn phc_string(obj: &Bound<'_, PyAny>) -> PyResult<String> {
     }
 }
 
+/// Queues `job` with the GIL released: the pool lock is never waited for by a thread holding the
+/// GIL (see `pool::before_fork`).
+fn submit(py: Python<'_>, job: pool::Job) -> PyResult<()> {
+    gil::detach(py, move || pool::submit(job)).map_err(to_py)
+}
+
 /// Runs `f` on the pool and waits for it with the GIL released, checking for Ctrl-C.
 fn run_sync<T: Send + 'static>(
     py: Python<'_>,
     f: impl FnOnce(&mut Memory) -> CoreResult<T> + Send + 'static,
 ) -> PyResult<T> {
     let (tx, rx) = mpsc::sync_channel(1);
-    pool::submit(Box::new(move |mem| {
+    let job: pool::Job = Box::new(move |mem| {
         let _ = tx.send(pool::guarded(|| f(mem)));
-    }))
-    .map_err(to_py)?;
+    });
+    submit(py, job)?;
     let mut rx = rx;
     loop {
         let (back, received) = gil::detach(py, move || {
@@ -134,7 +140,7 @@ fn run_async<'py, T: Send + 'static>(
     let fut = event_loop.call_method0("create_future")?;
     let loop_ref = event_loop.unbind();
     let fut_ref = fut.clone().unbind();
-    pool::submit(Box::new(move |mem| {
+    let job: pool::Job = Box::new(move |mem| {
         let result = pool::guarded(|| f(mem));
         Python::attach(|py| {
             let outcome = match result {
@@ -150,8 +156,8 @@ fn run_async<'py, T: Send + 'static>(
                 .bind(py)
                 .call_method1("call_soon_threadsafe", (resolve,));
         });
-    }))
-    .map_err(to_py)?;
+    });
+    submit(py, job)?;
     Ok(fut)
 }
 
@@ -320,6 +326,7 @@ impl PyPasswordHasher {
 #[pyfunction]
 #[pyo3(signature = (workers = None, max_pending = None))]
 pub fn _configure_hashing(
+    py: Python<'_>,
     workers: Option<i64>,
     max_pending: Option<i64>,
 ) -> PyResult<(usize, usize)> {
@@ -333,11 +340,11 @@ pub fn _configure_hashing(
         })
         .transpose()
     };
-    let s = pool::configure(
+    let (workers, max_pending) = (
         conv(workers, "hash_workers")?,
         conv(max_pending, "hash_max_pending")?,
-    )
-    .map_err(to_py)?;
+    );
+    let s = gil::detach(py, move || pool::configure(workers, max_pending)).map_err(to_py)?;
     Ok((s.workers, s.max_pending))
 }
 
@@ -357,7 +364,7 @@ pub fn _hashing_metrics(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
         d.set_item("sum", s.sum_seconds)?;
         out.set_item(name, d)?;
     }
-    let settings = pool::settings();
+    let settings = gil::detach(py, pool::settings);
     out.set_item("bounds", metrics::BUCKETS.to_vec())?;
     out.set_item("rejected", metrics::rejected())?;
     out.set_item("queue_depth", pool::queue_depth())?;
@@ -369,6 +376,6 @@ pub fn _hashing_metrics(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
 
 /// `True` while this process has a live hash pool.
 #[pyfunction]
-pub fn _hash_pool_running() -> bool {
-    pool::is_running()
+pub fn _hash_pool_running(py: Python<'_>) -> bool {
+    gil::detach(py, pool::is_running)
 }

@@ -16,11 +16,12 @@ use crate::core::hashing::pool;
 /// Before `os.fork()`: park background threads so none holds a lock across the fork.
 #[pyfunction]
 fn _before_fork(py: Python<'_>) {
-    gil::detach(py, sweeper::before_fork);
-    // With the GIL held: every user of the pool's lock holds the GIL while it holds the lock, so
-    // the lock is free here, and waiting for it with the GIL released could deadlock against a
-    // thread that holds the GIL and wants the lock.
-    pool::before_fork();
+    // With the GIL released: the sweeper may be waiting for the GIL to drop a value, and a thread
+    // in `PasswordHasher.hash` may hold the pool's lock (it takes it with the GIL released).
+    gil::detach(py, || {
+        sweeper::before_fork();
+        pool::before_fork();
+    });
 }
 
 /// After `os.fork()`, in the parent: resume background threads.

@@ -15,6 +15,7 @@ import re
 import threading
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -192,9 +193,10 @@ class _Pool:
         self.queued = 0
         self.running = 0
         self.lock = threading.Lock()
-        self.executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=workers, thread_name_prefix="sark-hash-py"
-        )
+        # Imported at module level: `concurrent.futures` loads its executors lazily through a
+        # module __getattr__, and an import that a thread has in progress when another thread
+        # forks leaves the child's import lock for that module held forever (CPython 3.11).
+        self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sark-hash-py")
 
     def submit(self, fn: Callable[[], T]) -> concurrent.futures.Future[T]:
         global _rejected
@@ -259,8 +261,10 @@ def configure_pool(workers: int | None = None, max_pending: int | None = None) -
 
 
 def _after_fork_child() -> None:
-    global _pool, _pool_lock
+    # A pool thread of the parent may have held either lock at the fork.
+    global _pool, _pool_lock, _metrics_lock
     _pool_lock = threading.Lock()
+    _metrics_lock = threading.Lock()
     _pool = None
 
 
@@ -355,6 +359,7 @@ class PyPasswordHasher:
         if t > mt or m > mm or p > mp:
             raise ValueError(f"parameters beyond the caps (t <= {mt}, m <= {mm} KiB, p <= {mp})")
         try:
+            import argon2.exceptions
             from argon2 import PasswordHasher as _CffiHasher
             from argon2 import Type
         except ImportError as exc:
@@ -367,6 +372,8 @@ class PyPasswordHasher:
         self.hash_len, self.salt_len, self.max_password_len = hl, sl, mpl
         self._caps = (mt, mm, mp)
         self._ph = _CffiHasher(t, m, p, hl, sl, type=Type.ID)
+        # Resolved here, not in the jobs: no import runs on a pool thread (see _Pool).
+        self._errors = argon2.exceptions
 
     def __repr__(self) -> str:
         return (
@@ -412,9 +419,9 @@ class PyPasswordHasher:
         return job
 
     def _verify_job(self, text: str, pw: bytes) -> Callable[[], bool]:
-        def job() -> bool:
-            import argon2.exceptions as ae
+        ae = self._errors
 
+        def job() -> bool:
             started = time.perf_counter()
             outcome = "error"
             try:

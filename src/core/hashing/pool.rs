@@ -7,17 +7,19 @@
 //! * Fork-safe: the pool remembers the pid that built it; a forked child (where the workers do
 //!   not exist) forgets it and builds a fresh one on first use. [`before_fork`] holds the pool's
 //!   lock across `fork()` so no thread is half-way through replacing it.
+//! * Its locks are `std::sync` ones (a futex word on Linux), not parking_lot's: a parking_lot
+//!   lock that is contended parks its waiters in a process-global table whose own locks a forked
+//!   child can inherit held by a thread that no longer exists. Callers in the binding take the
+//!   pool lock with the GIL released (see `before_fork`).
 //! * [`shutdown`] (interpreter exit) lets the workers drain the queue, joins them, and refuses
 //!   new work.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
-
-use parking_lot::{Condvar, Mutex, MutexGuard};
 
 use super::{Memory, metrics};
 use crate::core::error::{Error, Result};
@@ -95,6 +97,12 @@ static QUEUED: AtomicUsize = AtomicUsize::new(0);
 /// Jobs a worker is running.
 static RUNNING: AtomicUsize = AtomicUsize::new(0);
 
+/// Locks `m`; a poisoned lock is still usable (every critical section here leaves its data
+/// consistent: plain field updates and `VecDeque` pushes and pops).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 fn effective(g: &Global) -> Settings {
     g.configured.unwrap_or_else(|| Settings {
         workers: env_workers().unwrap_or_else(default_workers),
@@ -104,7 +112,7 @@ fn effective(g: &Global) -> Settings {
 
 /// The settings the pool has, or will have when it starts.
 pub fn settings() -> Settings {
-    let g = GLOBAL.lock();
+    let g = lock(&GLOBAL);
     match &g.pool {
         Some(p) if p.pid == std::process::id() => p.settings,
         _ => effective(&g),
@@ -126,7 +134,7 @@ pub fn configure(workers: Option<usize>, max_pending: Option<usize>) -> Result<S
             "hash_max_pending must be >= 1".into(),
         ));
     }
-    let mut g = GLOBAL.lock();
+    let mut g = lock(&GLOBAL);
     let current = effective(&g);
     let new = Settings {
         workers: workers.unwrap_or(current.workers),
@@ -147,20 +155,20 @@ pub fn configure(workers: Option<usize>, max_pending: Option<usize>) -> Result<S
 
 /// Tells a pool's workers to finish the queue and exit, without waiting for them.
 fn retire(shared: &Shared) {
-    shared.queue.lock().closing = true;
+    lock(&shared.queue).closing = true;
     shared.ready.notify_all();
 }
 
 impl Shared {
     /// Every worker of this pool has exited.
     fn finished(&self) -> bool {
-        self.handles.lock().iter().all(JoinHandle::is_finished)
+        lock(&self.handles).iter().all(JoinHandle::is_finished)
     }
 
     /// Closes the queue, lets the workers drain it, and joins them.
     fn drain(&self) {
         retire(self);
-        let handles = std::mem::take(&mut *self.handles.lock());
+        let handles = std::mem::take(&mut *lock(&self.handles));
         for h in handles {
             let _ = h.join();
         }
@@ -192,7 +200,7 @@ fn start(settings: Settings) -> Result<Arc<Shared>> {
             Err(_) => break, // fewer workers than asked: still a working pool
         }
     }
-    *shared.handles.lock() = handles;
+    *lock(&shared.handles) = handles;
     Ok(shared)
 }
 
@@ -216,7 +224,7 @@ fn run(shared: &Shared) {
     let mut memory: Memory = Vec::new();
     loop {
         let job = {
-            let mut q = shared.queue.lock();
+            let mut q = lock(&shared.queue);
             loop {
                 if let Some(job) = q.jobs.pop_front() {
                     QUEUED.fetch_sub(1, Ordering::Relaxed);
@@ -225,7 +233,7 @@ fn run(shared: &Shared) {
                 if q.closing {
                     break None;
                 }
-                shared.ready.wait(&mut q);
+                q = shared.ready.wait(q).unwrap_or_else(PoisonError::into_inner);
             }
         };
         let Some(job) = job else { return };
@@ -242,7 +250,7 @@ fn run(shared: &Shared) {
 /// [`shutdown`].
 pub fn submit(job: Job) -> Result<()> {
     let shared = {
-        let mut g = GLOBAL.lock();
+        let mut g = lock(&GLOBAL);
         if g.stopped {
             return Err(Error::Overloaded("the hash pool is shut down".into()));
         }
@@ -264,7 +272,7 @@ pub fn submit(job: Job) -> Result<()> {
             }
         }
     };
-    let mut q = shared.queue.lock();
+    let mut q = lock(&shared.queue);
     if q.jobs.len() >= shared.settings.max_pending {
         drop(q);
         metrics::record_rejected();
@@ -298,7 +306,7 @@ pub fn running() -> usize {
 
 /// `true` while this process has a live pool.
 pub fn is_running() -> bool {
-    let g = GLOBAL.lock();
+    let g = lock(&GLOBAL);
     matches!(&g.pool, Some(p) if p.pid == std::process::id())
 }
 
@@ -310,10 +318,12 @@ thread_local! {
 /// Before `fork()`: take the pool lock and hold it across the fork, so the child never inherits
 /// it mid-update. Workers never take it, so this cannot wait on a running hash.
 ///
-/// Lock order: nobody waits for anything else (a Python thread state included) while holding
-/// the pool lock; the binding calls this with the GIL held, and so takes the lock at once.
+/// Lock order: nobody waits for anything else (the GIL included) while holding the pool lock, and
+/// the binding takes it only with the GIL released: a thread that held the GIL while it waited
+/// for this lock would deadlock with the forking thread, which gives the GIL up between this
+/// call and the fork (Python's other at-fork handlers run in between).
 pub fn before_fork() {
-    let guard = GLOBAL.lock();
+    let guard = lock(&GLOBAL);
     FORK_GUARD.with(|g| *g.borrow_mut() = Some(guard));
 }
 
@@ -330,7 +340,7 @@ pub fn after_fork_parent() {
 /// belong to the parent) so the first job here starts a fresh one.
 pub fn after_fork_child() {
     release_fork_lock();
-    let mut g = GLOBAL.lock();
+    let mut g = lock(&GLOBAL);
     if let Some(old) = g.pool.take() {
         std::mem::forget(old);
     }
@@ -342,7 +352,7 @@ pub fn after_fork_child() {
 /// At interpreter exit: refuse new work, let the workers finish the queue, and join them.
 pub fn shutdown() {
     let (current, retired) = {
-        let mut g = GLOBAL.lock();
+        let mut g = lock(&GLOBAL);
         g.stopped = true;
         (g.pool.take(), std::mem::take(&mut g.retired))
     };
