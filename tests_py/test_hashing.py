@@ -105,6 +105,27 @@ def test_reference_implementation_vector(hasher: PasswordHasher) -> None:
     assert hasher.verify(phc, "password")
 
 
+@pytest.mark.parametrize(("t", "m", "p"), [(1, 64, 1), (2, 256, 2), (3, 1024, 4)])
+def test_openssl_argon2_interoperates_both_ways(
+    hasher: PasswordHasher, t: int, m: int, p: int
+) -> None:
+    # A second, independent implementation: OpenSSL's Argon2id, through cryptography.
+    from cryptography.exceptions import InvalidKey
+    from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
+
+    kdf = Argon2id(salt=b"0123456789abcdef", length=32, iterations=t, lanes=p, memory_cost=m)
+    theirs = kdf.derive_phc_encoded(b"correct horse")
+    assert hasher.verify(theirs, "correct horse")
+    with pytest.raises(ex.VerifyMismatchError):
+        hasher.verify(theirs, "battery staple")
+    ours = sark_native.PasswordHasher(
+        time_cost=t, memory_cost=m, parallelism=p, backend=hasher.backend
+    ).hash("correct horse")
+    Argon2id.verify_phc_encoded(b"correct horse", ours)
+    with pytest.raises(InvalidKey):
+        Argon2id.verify_phc_encoded(b"battery staple", ours)
+
+
 def test_check_needs_rehash(hasher: PasswordHasher, backend: Backend) -> None:
     assert not hasher.check_needs_rehash(hasher.hash("pw"))
     assert not hasher.check_needs_rehash(cffi().hash("pw"))
