@@ -167,3 +167,98 @@ def private_redis(tmp_path: pathlib.Path) -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop()
+
+
+class Policyd:
+    """A real ``python -m sark_native.policyd`` on a Unix socket in a temp dir, stopped with
+    SIGTERM at the end. ``reset()`` empties it (no policies, ``data == {}``) between tests."""
+
+    def __init__(self, directory: pathlib.Path, *extra: str) -> None:
+        self.directory = directory
+        self.socket = directory / "policyd.sock"
+        self.url = f"unix://{self.socket}"
+        self.extra = extra
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = directory / "policyd.log"
+
+    def start(self) -> None:
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "sark_native.policyd",
+                    "--socket",
+                    str(self.socket),
+                    *self.extra,
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                preexec_fn=die_with_parent,
+            )
+        deadline = time.monotonic() + 20
+        while not self.healthy():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"policyd did not start: {self.log.read_text()}")
+            time.sleep(0.02)
+
+    def request(self, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
+        import http.client
+
+        conn = http.client.HTTPConnection("policyd", timeout=10)
+        conn.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        conn.sock.settimeout(10)
+        try:
+            conn.sock.connect(str(self.socket))
+            conn.request(method, path, body=body)
+            resp = conn.getresponse()
+            return resp.status, resp.read()
+        finally:
+            conn.close()
+
+    def healthy(self) -> bool:
+        try:
+            return self.request("GET", "/health")[0] == 200
+        except OSError:
+            return False
+
+    def reset(self) -> None:
+        import json
+
+        status, body = self.request("GET", "/v1/policies")
+        assert status == 200, body
+        for policy in json.loads(body)["result"]:
+            assert self.request("DELETE", f"/v1/policies/{policy['id']}")[0] == 200
+        assert self.request("PUT", "/v1/data", b"{}")[0] == 204
+
+    def stop(self) -> int | None:
+        if self.proc is None:
+            return None
+        self.proc.terminate()
+        try:
+            code = self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = self.proc.wait(timeout=10)
+        self.proc = None
+        return code
+
+
+@pytest.fixture(scope="session")
+def policyd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Policyd]:
+    """One policyd for the session (time limit 0.5 s, like the native engines of the tests)."""
+    server = Policyd(tmp_path_factory.mktemp("policyd"), "--time-limit", "0.5")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def opa_url(policyd: Policyd) -> str:
+    """The session's policyd, emptied before the test."""
+    policyd.reset()
+    return policyd.url

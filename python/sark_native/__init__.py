@@ -12,6 +12,7 @@ from . import _backend, exceptions, flags
 from ._version import VERSION as __version__
 from .cache import Cache
 from .hashing import PasswordHasher, configure
+from .policy import PolicyEngine
 from .tokens import Ed25519Signer, KeySet
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "Ed25519Signer",
     "KeySet",
     "PasswordHasher",
+    "PolicyEngine",
     "__version__",
     "backend_info",
     "configure",

@@ -30,6 +30,7 @@ __all__ = [
     "bucket_function",
     "info",
     "native",
+    "native_for_servers",
     "resolve",
     "rollout_table",
 ]
@@ -41,7 +42,7 @@ Backend = Literal["rust", "python"]
 BackendChoice = Literal["auto", "rust", "python"]
 
 #: Components that have a native and a pure-Python implementation.
-COMPONENTS: tuple[str, ...] = ("cache", "bucket", "tokens", "hashing")
+COMPONENTS: tuple[str, ...] = ("cache", "bucket", "tokens", "hashing", "policy")
 
 _forced = os.environ.get(ENV_VAR, "").strip().lower()
 if _forced not in ("", "auto", "rust", "python"):
@@ -78,6 +79,18 @@ def native() -> ModuleType:
     if _native is None:
         raise BackendUnavailableError(f"the Rust backend is unavailable: {UNAVAILABLE_REASON}")
     return _native
+
+
+def native_for_servers() -> ModuleType:
+    """The extension for the servers (``policyd``): they always run on the native core and ignore
+    ``SARK_NATIVE_BACKEND`` (it chooses between the backends of the facades, and a server has no
+    pure-Python twin). Raises :class:`BackendUnavailableError` when it cannot be imported."""
+    if _native is not None:
+        return _native
+    try:
+        return importlib.import_module("sark_native._native")
+    except Exception as exc:
+        raise BackendUnavailableError(f"the Rust extension is not importable: {exc}") from exc
 
 
 def resolve(component: str, backend: object) -> Backend:

@@ -1,5 +1,5 @@
 # Stubs of the Rust extension module; `make lint` checks them against the build with stubtest.
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any, final
 
@@ -9,6 +9,7 @@ __all__ = [
     "Ed25519Signer",
     "KeySet",
     "PasswordHasher",
+    "PolicyEngine",
     "RolloutTable",
     "_Resolve",
     "__version__",
@@ -17,8 +18,13 @@ __all__ = [
     "_before_fork",
     "_cache_metrics",
     "_configure_hashing",
+    "_configure_policy",
     "_hash_pool_running",
     "_hashing_metrics",
+    "_inject_policy_faults",
+    "_policy_metrics",
+    "_policy_pool_running",
+    "_policyd_serve",
     "_shutdown",
     "_sweeper_running",
     "_token_metrics",
@@ -191,3 +197,80 @@ class RolloutTable:
     def replace_all(self, snapshot: dict[str, int]) -> None: ...
     def percentages(self) -> dict[str, int]: ...
     def assignments(self) -> list[tuple[str, int, int]]: ...
+
+@final
+class PolicyEngine:
+    def __new__(
+        cls,
+        *,
+        rego_v0: bool = False,
+        time_limit: float | None = ...,
+        max_input_depth: int = 64,
+        max_input_bytes: int = 1048576,
+        vm: bool = True,
+        fallback: Any | None = None,
+    ) -> PolicyEngine: ...
+    def load_policy(self, name: str, rego: str) -> str: ...
+    def remove_policy(self, name: str) -> None: ...
+    def set_data(self, data: Mapping[str, Any]) -> None: ...
+    def evaluate(
+        self, path: str, input: Any | None = None, *, default: Any | None = None
+    ) -> Any: ...
+    def evaluate_batch(
+        self, path: str, inputs: Sequence[Any], *, default: Any | None = None
+    ) -> list[Any]: ...
+    def evaluate_async(
+        self, path: str, input: Any | None = None, *, default: Any | None = None
+    ) -> Awaitable[Any]: ...
+    def plan(self, path: str) -> str: ...
+    @property
+    def policies(self) -> dict[str, str]: ...
+    @property
+    def version(self) -> str: ...
+    @property
+    def vm_refusal(self) -> str | None: ...
+    @property
+    def rego_v0(self) -> bool: ...
+    @property
+    def time_limit(self) -> float | None: ...
+    @property
+    def max_input_depth(self) -> int: ...
+    @property
+    def max_input_bytes(self) -> int: ...
+    @property
+    def backend(self) -> str: ...
+    @property
+    def fallback(self) -> Any | None: ...
+    @property
+    def fallback_available(self) -> bool: ...
+    @property
+    def closed(self) -> bool: ...
+    def close(self) -> None: ...
+    def aclose(self) -> Awaitable[None]: ...
+    def __enter__(self) -> PolicyEngine: ...
+    def __exit__(self, *_exc: object) -> bool: ...
+    def __aenter__(self) -> Awaitable[PolicyEngine]: ...
+    def __aexit__(self, *_exc: object) -> Awaitable[None]: ...
+
+def _configure_policy(workers: int | None = None) -> int: ...
+def _policy_metrics() -> dict[str, Any]: ...
+def _policy_pool_running() -> bool: ...
+def _inject_policy_faults(n: int) -> None: ...
+def _policyd_serve(
+    *,
+    bind: str | None = None,
+    socket: str | None = None,
+    policies: str | None = None,
+    data: str | None = None,
+    token_sha256: str | None = None,
+    watch_interval: float = 1.0,
+    max_policy_bytes: int = 1048576,
+    max_data_bytes: int = 8388608,
+    shutdown_grace: float = 10.0,
+    workers: int = 2,
+    rego_v0: bool = False,
+    time_limit: float | None = ...,
+    max_input_depth: int = 64,
+    max_input_bytes: int = 1048576,
+    vm: bool = True,
+) -> None: ...

@@ -59,7 +59,23 @@ class PolicyError(SarkNativeError):
 
 
 class PolicyCompileError(PolicyError, ValueError):
-    """A policy does not parse or type-check; nothing was changed."""
+    """A policy does not parse or compile; nothing was changed.
+
+    ``policy``, ``line`` and ``column`` (1-based) say where, when known.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        policy: str | None = None,
+        line: int | None = None,
+        column: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.policy = policy
+        self.line = line
+        self.column = column
 
 
 class PolicyNotFoundError(PolicyError, LookupError):

@@ -63,7 +63,7 @@ class PasswordHasher(metaclass=ABCMeta):  # noqa: B024 - a virtual base: both ba
         hash_len: int
         salt_len: int
         max_password_len: int
-        backend: str
+        backend: _backend.Backend
 
         def hash(self, password: str | bytes) -> str: ...
         def verify(self, hash: str | bytes, password: str | bytes) -> bool: ...

@@ -37,6 +37,24 @@ pub enum Error {
     InvalidIssuer(String),
     /// A required claim is absent (`MissingRequiredClaimError`).
     MissingRequiredClaim(String),
+    /// A policy does not parse or compile; nothing was changed (`PolicyCompileError`).
+    PolicyCompile(PolicyCompileError),
+    /// A policy name is unknown (`PolicyNotFoundError`).
+    PolicyNotFound(String),
+    /// An evaluation failed: a strict built-in error, a conflict, a limit, or an input beyond the
+    /// limits (`PolicyEvaluationError`).
+    PolicyEvaluation(String),
+}
+
+/// Where and why a policy failed to compile.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyCompileError {
+    pub message: String,
+    /// The policy's name, when the error points into one.
+    pub policy: Option<String>,
+    /// 1-based line and column of the error, when known.
+    pub line: Option<u32>,
+    pub column: Option<u32>,
 }
 
 impl fmt::Display for Error {
@@ -55,7 +73,10 @@ impl fmt::Display for Error {
             | Error::ImmatureSignature(msg)
             | Error::InvalidAudience(msg)
             | Error::InvalidIssuer(msg)
-            | Error::MissingRequiredClaim(msg) => f.write_str(msg),
+            | Error::MissingRequiredClaim(msg)
+            | Error::PolicyNotFound(msg)
+            | Error::PolicyEvaluation(msg) => f.write_str(msg),
+            Error::PolicyCompile(e) => f.write_str(&e.message),
             Error::VerifyMismatch => f.write_str("The password does not match the supplied hash"),
         }
     }

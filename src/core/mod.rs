@@ -4,5 +4,6 @@ pub mod cache;
 pub mod clock;
 pub mod error;
 pub mod hashing;
+pub mod policy;
 pub mod single_flight;
 pub mod tokens;

@@ -7,12 +7,11 @@ use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use parking_lot::Mutex;
 use pyo3::exceptions::{PyRuntimeError, PyTypeError};
 use pyo3::prelude::*;
-use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyString};
 
+use super::aio::LoopFuture;
 use super::errors::{InvalidHashError, to_py};
 use super::gil;
 use crate::core::error::Result as CoreResult;
@@ -100,34 +99,6 @@ fn run_sync<T: Send + 'static>(
     }
 }
 
-/// Called on the event loop (via `call_soon_threadsafe`) to settle a future, unless the caller
-/// cancelled it meanwhile.
-#[pyclass(module = "sark_native._native", frozen)]
-pub struct _Resolve {
-    future: Py<PyAny>,
-    outcome: Mutex<Option<PyResult<Py<PyAny>>>>,
-}
-
-#[pymethods]
-impl _Resolve {
-    fn __call__(&self, py: Python<'_>) -> PyResult<()> {
-        let fut = self.future.bind(py);
-        let Some(outcome) = self.outcome.lock().take() else {
-            return Ok(());
-        };
-        if fut.call_method0("done")?.is_truthy()? {
-            return Ok(());
-        }
-        match outcome {
-            Ok(value) => fut.call_method1("set_result", (value,))?,
-            Err(err) => fut.call_method1("set_exception", (err.into_value(py),))?,
-        };
-        Ok(())
-    }
-}
-
-static GET_RUNNING_LOOP: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-
 /// Runs `f` on the pool and returns an asyncio future of the running loop that settles with
 /// `convert(result)`.
 fn run_async<'py, T: Send + 'static>(
@@ -135,11 +106,7 @@ fn run_async<'py, T: Send + 'static>(
     f: impl FnOnce(&mut Memory) -> CoreResult<T> + Send + 'static,
     convert: fn(Python<'_>, T) -> PyResult<Py<PyAny>>,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let get_loop = GET_RUNNING_LOOP.import(py, "asyncio", "get_running_loop")?;
-    let event_loop = get_loop.call0()?;
-    let fut = event_loop.call_method0("create_future")?;
-    let loop_ref = event_loop.unbind();
-    let fut_ref = fut.clone().unbind();
+    let (pending, fut) = LoopFuture::new(py)?;
     let job: pool::Job = Box::new(move |mem| {
         let result = pool::guarded(|| f(mem));
         Python::attach(|py| {
@@ -147,14 +114,7 @@ fn run_async<'py, T: Send + 'static>(
                 Ok(value) => convert(py, value),
                 Err(err) => Err(to_py(err)),
             };
-            let resolve = _Resolve {
-                future: fut_ref,
-                outcome: Mutex::new(Some(outcome)),
-            };
-            // A closed loop raises RuntimeError: nobody is waiting any more.
-            let _ = loop_ref
-                .bind(py)
-                .call_method1("call_soon_threadsafe", (resolve,));
+            pending.settle(py, outcome);
         });
     });
     submit(py, job)?;

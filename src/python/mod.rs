@@ -1,17 +1,20 @@
 //! The binding layer: the `sark_native._native` extension module. It converts values, releases
 //! the GIL and maps errors; the work itself is in `crate::core`.
 
+mod aio;
 mod bucket;
 mod cache;
 mod errors;
 mod gil;
 mod hashing;
+mod policy;
 mod tokens;
 
 use pyo3::prelude::*;
 
 use crate::core::cache::sweeper;
 use crate::core::hashing::pool;
+use crate::core::policy::pool as policy_pool;
 
 /// Before `os.fork()`: park background threads so none holds a lock across the fork.
 #[pyfunction]
@@ -21,12 +24,14 @@ fn _before_fork(py: Python<'_>) {
     gil::detach(py, || {
         sweeper::before_fork();
         pool::before_fork();
+        policy_pool::before_fork();
     });
 }
 
 /// After `os.fork()`, in the parent: resume background threads.
 #[pyfunction]
 fn _after_fork_parent() {
+    policy_pool::after_fork_parent();
     pool::after_fork_parent();
     sweeper::after_fork_parent();
 }
@@ -34,6 +39,7 @@ fn _after_fork_parent() {
 /// After `os.fork()`, in the child: forget the parent's threads; they restart on first use.
 #[pyfunction]
 fn _after_fork_child() {
+    policy_pool::after_fork_child();
     pool::after_fork_child();
     sweeper::after_fork_child();
 }
@@ -45,6 +51,7 @@ fn _after_fork_child() {
 fn _shutdown(py: Python<'_>) {
     gil::detach(py, || {
         pool::shutdown();
+        policy_pool::shutdown();
         sweeper::shutdown();
     });
 }
@@ -64,10 +71,16 @@ fn sark_native_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<cache::PyCache>()?;
     m.add_function(wrap_pyfunction!(cache::_cache_metrics, m)?)?;
     m.add_class::<hashing::PyPasswordHasher>()?;
-    m.add_class::<hashing::_Resolve>()?;
+    m.add_class::<aio::_Resolve>()?;
     m.add_function(wrap_pyfunction!(hashing::_configure_hashing, m)?)?;
     m.add_function(wrap_pyfunction!(hashing::_hashing_metrics, m)?)?;
     m.add_function(wrap_pyfunction!(hashing::_hash_pool_running, m)?)?;
+    m.add_class::<policy::PyPolicyEngine>()?;
+    m.add_function(wrap_pyfunction!(policy::_configure_policy, m)?)?;
+    m.add_function(wrap_pyfunction!(policy::_policy_metrics, m)?)?;
+    m.add_function(wrap_pyfunction!(policy::_policy_pool_running, m)?)?;
+    m.add_function(wrap_pyfunction!(policy::_policyd_serve, m)?)?;
+    m.add_function(wrap_pyfunction!(policy::_inject_policy_faults, m)?)?;
     m.add_class::<tokens::PyEd25519Signer>()?;
     m.add_class::<tokens::PyKeySet>()?;
     m.add_function(wrap_pyfunction!(tokens::_token_metrics, m)?)?;
