@@ -369,6 +369,35 @@ fn vm_refusals_name_the_construct() {
     }
 }
 
+/// OPA (and the interpreter) find `{"2": ...}` with `data.m[2]`; the VM does not. A computed key
+/// into data is accepted only while no key of the data reads as a number.
+#[test]
+fn numeric_keys_in_data_keep_computed_keys_off_the_vm() {
+    let e = engine();
+    e.load_policy("t", "package t\np := data.nested[input.i]\n")
+        .unwrap();
+    e.set_data(json(r#"{"nested": {"a": "x", "b": "y"}}"#))
+        .unwrap();
+    assert_eq!(e.vm_refusal(), None);
+    assert_eq!(e.plan_kind("data.t.p").unwrap(), PlanKind::Vm);
+    e.set_data(json(r#"{"nested": {"2": "bar", "1.5": "x"}}"#))
+        .unwrap();
+    let refusal = e.vm_refusal().expect("refused");
+    assert!(
+        refusal.contains("\"2\"") || refusal.contains("\"1.5\""),
+        "{refusal}"
+    );
+    assert_eq!(e.plan_kind("data.t.p").unwrap(), PlanKind::Rule);
+    assert_eq!(
+        e.evaluate("data.t.p", Some(json(r#"{"i": 2}"#))).unwrap(),
+        Some(json(r#""bar""#))
+    );
+    assert_eq!(
+        e.evaluate("data.t.p", Some(json(r#"{"i": 1.5}"#))).unwrap(),
+        Some(json(r#""x""#))
+    );
+}
+
 /// Policies the VM accepts, evaluated with many inputs on the VM and on the interpreter.
 #[test]
 fn the_vm_agrees_with_the_interpreter() {

@@ -44,6 +44,7 @@ class PolicyEngine(metaclass=ABCMeta):  # noqa: B024 - a virtual base: both back
         max_input_depth: int = DEFAULT_MAX_INPUT_DEPTH,
         max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES,
         vm: bool = True,
+        strict: bool = True,
         timeout: float = 5.0,
         token: str | None = None,
         decision_cache: Any = None,
@@ -66,6 +67,7 @@ class PolicyEngine(metaclass=ABCMeta):  # noqa: B024 - a virtual base: both back
                 max_input_depth=max_input_depth,
                 max_input_bytes=max_input_bytes,
                 vm=vm,
+                strict=strict,
                 timeout=timeout,
                 token=token,
                 decision_cache=decision_cache,
@@ -82,6 +84,7 @@ class PolicyEngine(metaclass=ABCMeta):  # noqa: B024 - a virtual base: both back
             max_input_depth=max_input_depth,
             max_input_bytes=max_input_bytes,
             vm=vm,
+            strict=strict,
             fallback=fallback,
         )
         return native
@@ -93,6 +96,7 @@ class PolicyEngine(metaclass=ABCMeta):  # noqa: B024 - a virtual base: both back
         time_limit: float | None
         max_input_depth: int
         max_input_bytes: int
+        strict: bool
         fallback: Any
         fallback_available: bool
         vm_refusal: str | None

@@ -591,14 +591,16 @@ impl PyPolicyEngine {
     // introspection, and stubtest, see the values.
     #[pyo3(signature = (
         *, rego_v0 = false, time_limit = Some(1.0), max_input_depth = 64,
-        max_input_bytes = 1048576, vm = true, fallback = None
+        max_input_bytes = 1048576, vm = true, strict = true, fallback = None
     ))]
+    #[allow(clippy::too_many_arguments)] // the engine's settings, one keyword each
     fn new(
         rego_v0: bool,
         time_limit: Option<f64>,
         max_input_depth: usize,
         max_input_bytes: usize,
         vm: bool,
+        strict: bool,
         fallback: Option<Py<PyAny>>,
     ) -> PyResult<Self> {
         let config = Config {
@@ -607,6 +609,7 @@ impl PyPolicyEngine {
             max_input_depth,
             max_input_bytes,
             vm,
+            strict,
         };
         Ok(PyPolicyEngine {
             inner: Arc::new(PolicyEngine::new(config).map_err(to_py)?),
@@ -725,13 +728,14 @@ impl PyPolicyEngine {
             values.push(v);
         }
         let snap = self.inner.snapshot();
+        let strict = self.inner.config().strict;
         let p = path.clone();
         let results = gil::detach(py, move || {
             pool::install(|| {
                 use rayon::prelude::*;
                 values
                     .into_par_iter()
-                    .map(|input| evaluate_in(&snap, &p, input))
+                    .map(|input| evaluate_in(&snap, &p, input, strict))
                     .collect::<Vec<_>>()
             })
         })
@@ -825,6 +829,11 @@ impl PyPolicyEngine {
     #[getter]
     fn max_input_bytes(&self) -> usize {
         self.inner.config().max_input_bytes
+    }
+
+    #[getter]
+    fn strict(&self) -> bool {
+        self.inner.config().strict
     }
 
     #[getter]
@@ -951,7 +960,7 @@ pub fn _policy_pool_running() -> bool {
     *, bind = None, socket = None, policies = None, data = None, token_sha256 = None,
     watch_interval = 1.0, max_policy_bytes = 1048576, max_data_bytes = 8388608,
     shutdown_grace = 10.0, workers = 2, rego_v0 = false, time_limit = Some(1.0),
-    max_input_depth = 64, max_input_bytes = 1048576, vm = true
+    max_input_depth = 64, max_input_bytes = 1048576, vm = true, strict = true
 ))]
 #[allow(clippy::too_many_arguments)] // policyd's command line, one keyword per flag
 pub fn _policyd_serve(
@@ -971,6 +980,7 @@ pub fn _policyd_serve(
     max_input_depth: usize,
     max_input_bytes: usize,
     vm: bool,
+    strict: bool,
 ) -> PyResult<()> {
     use crate::core::policy::server::{Listen, ServerConfig, run};
     let listen = match (bind, socket) {
@@ -1019,6 +1029,7 @@ pub fn _policyd_serve(
             max_input_depth,
             max_input_bytes,
             vm,
+            strict,
         },
     };
     gil::detach(py, move || run(config)).map_err(to_py)

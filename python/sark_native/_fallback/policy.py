@@ -314,6 +314,7 @@ class PyPolicyEngine:
         max_input_depth: int = DEFAULT_MAX_INPUT_DEPTH,
         max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES,
         vm: bool = True,
+        strict: bool = True,
         timeout: float = 5.0,
         token: str | None = None,
         decision_cache: Any = None,
@@ -332,6 +333,7 @@ class PyPolicyEngine:
         self.time_limit = _seconds(time_limit, "time_limit")
         self.max_input_depth = max_input_depth
         self.max_input_bytes = max_input_bytes
+        self.strict = bool(strict)
         self.timeout = _seconds(timeout, "timeout") or 5.0
         self.decision_cache = decision_cache
         self.fallback = None
@@ -473,7 +475,8 @@ class PyPolicyEngine:
                 _record(0.0, "input")
                 raise
             body = b'{"input":' + _encode(input) + b"}"
-        url = "/v1/" + path.replace(".", "/") + "?strict-builtin-errors=true"
+        strict = "true" if self.strict else "false"
+        url = "/v1/" + path.replace(".", "/") + f"?strict-builtin-errors={strict}"
         key = None
         if self.decision_cache is not None:
             key = f"{path}\0{self.version}\0{body.decode()}"

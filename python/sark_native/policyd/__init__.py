@@ -44,6 +44,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2, help="server threads")
     p.add_argument("--v0-compatible", action="store_true", help="parse policies as Rego v0")
     p.add_argument("--no-vm", action="store_true", help="never use the bytecode VM")
+    p.add_argument(
+        "--no-strict",
+        action="store_true",
+        help="built-in errors make expressions undefined (OPA's default) unless a request asks "
+        "for strict-builtin-errors=true; by default they are errors",
+    )
     return p
 
 
@@ -67,6 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_input_depth=args.max_input_depth,
             max_input_bytes=args.max_input_bytes,
             vm=not args.no_vm,
+            strict=not args.no_strict,
         )
     except KeyboardInterrupt:  # SIGINT: the server stopped gracefully before Python saw it
         return 0

@@ -16,6 +16,7 @@
 //!   ...), rule paths run on the VM, about three times faster. Everything else, and any VM
 //!   failure other than a limit, runs on the interpreter.
 
+pub mod builtins;
 pub mod metrics;
 mod plan;
 pub mod pool;
@@ -61,6 +62,10 @@ pub struct Config {
     pub max_input_bytes: usize,
     /// Use regorus's bytecode VM for rule paths of snapshots that [`vm_safe`] accepts.
     pub vm: bool,
+    /// Strict built-in errors (the default here; OPA's default is off): a built-in that errors
+    /// raises `PolicyEvaluation` instead of making its expression undefined, so a broken `deny`
+    /// rule cannot fail open. Conflicts are errors either way.
+    pub strict: bool,
 }
 
 impl Default for Config {
@@ -71,6 +76,7 @@ impl Default for Config {
             max_input_depth: DEFAULT_MAX_INPUT_DEPTH,
             max_input_bytes: DEFAULT_MAX_INPUT_BYTES,
             vm: true,
+            strict: true,
         }
     }
 }
@@ -241,7 +247,19 @@ impl PolicyEngine {
     /// input). `Ok(None)` means undefined.
     pub fn evaluate(&self, path: &str, input: Option<Value>) -> Result<Option<Value>> {
         let snap = self.current.load_full();
-        evaluate_in(&snap, path, input)
+        evaluate_in(&snap, path, input, self.config.strict)
+    }
+
+    /// [`evaluate`](Self::evaluate) with the strictness of built-in errors chosen per call
+    /// (policyd's `strict-builtin-errors` query parameter).
+    pub fn evaluate_with(
+        &self,
+        path: &str,
+        input: Option<Value>,
+        strict: bool,
+    ) -> Result<Option<Value>> {
+        let snap = self.current.load_full();
+        evaluate_in(&snap, path, input, strict)
     }
 
     /// How `path` is evaluated in the current snapshot (for diagnostics and tests).
@@ -279,7 +297,12 @@ fn injected_fault() -> bool {
 
 /// Evaluates `path` in one snapshot: the unit [`PolicyEngine::evaluate`] and batch evaluation
 /// share. Times the evaluation and counts it; a panic inside regorus becomes `Internal`.
-pub fn evaluate_in(snap: &Snapshot, path: &str, input: Option<Value>) -> Result<Option<Value>> {
+pub fn evaluate_in(
+    snap: &Snapshot,
+    path: &str,
+    input: Option<Value>,
+    strict: bool,
+) -> Result<Option<Value>> {
     check_path(path)?;
     let started = Instant::now();
     let result = catch_unwind(AssertUnwindSafe(|| {
@@ -287,7 +310,7 @@ pub fn evaluate_in(snap: &Snapshot, path: &str, input: Option<Value>) -> Result<
             // As a panic would, without the panic hook's message.
             std::panic::resume_unwind(Box::new("injected fault"));
         }
-        snap.plan(path).evaluate(snap, path, input)
+        snap.plan(path).evaluate(snap, path, input, strict)
     }))
     .unwrap_or_else(|panic| {
         let what = panic

@@ -84,11 +84,15 @@ impl Plan {
         }
     }
 
+    /// Evaluates `path`; `strict` chooses the interpreter's built-in error mode (the VM runs
+    /// only policies without built-in calls, where the mode changes nothing: it runs non-strict,
+    /// which keeps OPA's total order for comparisons of different types).
     pub(super) fn evaluate(
         &self,
         snap: &Snapshot,
         path: &str,
         input: Option<Value>,
+        strict: bool,
     ) -> Result<Option<Value>> {
         match self {
             Plan::Vm { program, vms } => {
@@ -115,12 +119,13 @@ impl Plan {
                         // Not expected for a policy the VM accepted: answer from the interpreter,
                         // which is the reference, and count it.
                         metrics::vm_fallback();
-                        eval_rule(snap, path, input)
+                        eval_rule(snap, path, input, strict)
                     }
                 }
             }
-            Plan::Rule => eval_rule(snap, path, input),
+            Plan::Rule => eval_rule(snap, path, input, strict),
             Plan::Query => snap.with_interpreter(|engine| {
+                engine.set_strict_builtin_errors(strict);
                 engine.set_input(input.unwrap_or(Value::Undefined));
                 let results = engine
                     .eval_query(path.to_string(), false)
@@ -139,8 +144,14 @@ impl Plan {
     }
 }
 
-fn eval_rule(snap: &Snapshot, path: &str, input: Option<Value>) -> Result<Option<Value>> {
+fn eval_rule(
+    snap: &Snapshot,
+    path: &str,
+    input: Option<Value>,
+    strict: bool,
+) -> Result<Option<Value>> {
     snap.with_interpreter(|engine| {
+        engine.set_strict_builtin_errors(strict);
         engine.set_input(input.unwrap_or(Value::Undefined));
         let value = engine
             .eval_rule(path.to_string())

@@ -3,7 +3,8 @@
 //! workers (they take microseconds, bounded by the engine's time budget).
 //!
 //! * `POST /v1/data/{path}` `{"input": ...}` -> `{"result": ...}` (no `result` when undefined);
-//!   `GET /v1/data/{path}` without input; `strict-builtin-errors` is always on.
+//!   `GET /v1/data/{path}` without input; `?strict-builtin-errors=true|false` per request
+//!   (default: the server's `--strict`/`--no-strict` setting).
 //! * `PUT`/`DELETE`/`GET /v1/policies/{id}`, `GET /v1/policies[/]`, `PUT /v1/data`.
 //! * `GET /health`, `GET /metrics` (Prometheus text).
 //! * Writes need `Authorization: Bearer <token>` when a token digest is configured; over TCP they
@@ -573,7 +574,12 @@ async fn route(state: &State, req: Request<Incoming>) -> Reply {
                 .trim_start_matches("/v1/")
                 .trim_end_matches('/')
                 .replace('/', ".");
-            data_route(state, m, &doc, req).await
+            let strict = match query_param(req.uri().query(), "strict-builtin-errors") {
+                Some("true" | "") => true,
+                Some("false") => false,
+                _ => state.engine.config().strict,
+            };
+            data_route(state, m, &doc, strict, req).await
         }
         (_, "/health" | "/metrics" | "/v1/data" | "/v1/policies") => error_reply(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -651,7 +657,20 @@ async fn policy_route(state: &State, method: Method, id: &str, req: Request<Inco
     }
 }
 
-async fn data_route(state: &State, method: Method, doc: &str, req: Request<Incoming>) -> Reply {
+fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
+    query?.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == name).then_some(v)
+    })
+}
+
+async fn data_route(
+    state: &State,
+    method: Method,
+    doc: &str,
+    strict: bool,
+    req: Request<Incoming>,
+) -> Reply {
     let input = if method == Method::POST {
         let bytes = match body_bytes(req.into_body(), state.config.max_data_bytes).await {
             Ok(b) => b,
@@ -687,7 +706,7 @@ async fn data_route(state: &State, method: Method, doc: &str, req: Request<Incom
     {
         return error_reply(StatusCode::BAD_REQUEST, "invalid_parameter", &e.to_string());
     }
-    match state.engine.evaluate(doc, input) {
+    match state.engine.evaluate_with(doc, input, strict) {
         Ok(Some(value)) => {
             let mut body = b"{\"result\":".to_vec();
             if let Err(e) = serde_json::to_writer(&mut body, &value) {

@@ -13,7 +13,7 @@ use regorus::{Engine, Value};
 use sha2::{Digest, Sha256};
 
 use super::plan::Plan;
-use super::{Config, compile_error, vm_safe};
+use super::{Config, builtins, compile_error, vm_safe};
 use crate::core::error::{Error, Result};
 
 /// Evaluators kept per snapshot for reuse; more are created when threads need them, and the
@@ -51,6 +51,8 @@ pub struct Snapshot {
     data: Value,
     /// The policies parsed, without data: a change of data alone starts from a clone of it.
     base: Engine,
+    /// What [`vm_safe::check`] found for the policies.
+    vm_check: std::result::Result<vm_safe::Needs, String>,
     /// Policies and data loaded and prepared: evaluators are cloned from it.
     template: Engine,
     timer: Option<ExecutionTimerConfig>,
@@ -76,8 +78,8 @@ impl Snapshot {
             check_interval: NonZeroU32::new(TIMER_CHECK_INTERVAL).unwrap_or(NonZeroU32::MIN),
         });
         let reuse = previous.filter(|p| same_sources(&p.sources, &sources));
-        let (base, vm_refusal) = match reuse {
-            Some(p) => (p.base.clone(), p.vm_refusal.clone()),
+        let (base, vm_check) = match reuse {
+            Some(p) => (p.base.clone(), p.vm_check.clone()),
             None => {
                 let mut base = Engine::new();
                 base.set_rego_v0(config.rego_v0);
@@ -85,16 +87,18 @@ impl Snapshot {
                 if let Some(t) = timer {
                     base.set_execution_timer_config(t);
                 }
+                builtins::install(&mut base)
+                    .map_err(|e| Error::Internal(format!("cannot add built-ins: {e}")))?;
                 for (name, rego) in &sources {
                     base.add_policy(name.clone(), rego.to_string())
                         .map_err(|e| Error::PolicyCompile(compile_error(&e)))?;
                 }
-                let refusal = if config.vm {
-                    vm_safe::check(base.get_modules()).err()
+                let check = if config.vm {
+                    vm_safe::check(base.get_modules())
                 } else {
-                    Some("the VM is disabled (vm=False)".into())
+                    Err("the VM is disabled (vm=False)".into())
                 };
-                (base, refusal)
+                (base, check)
             }
         };
         let mut engine = base.clone();
@@ -106,6 +110,16 @@ impl Snapshot {
         engine
             .eval_query("true".into(), false)
             .map_err(|e| Error::PolicyCompile(compile_error(&e)))?;
+        let vm_refusal = match &vm_check {
+            Err(reason) => Some(reason.clone()),
+            Ok(needs) if needs.string_keys => vm_safe::numeric_keys(&data).map(|key| {
+                format!(
+                    "a rule indexes data with a computed key and the data has a key that reads as \
+                     a number ({key:?}): OPA matches it with a number, the VM does not"
+                )
+            }),
+            Ok(_) => None,
+        };
         let versions: BTreeMap<String, String> = sources
             .iter()
             .map(|(name, rego)| (name.clone(), content_version(rego)))
@@ -127,6 +141,7 @@ impl Snapshot {
             versions,
             data,
             base,
+            vm_check,
             template: engine,
             timer,
             vm_enabled: vm_refusal.is_none(),

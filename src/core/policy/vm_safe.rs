@@ -27,8 +27,34 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use regorus::Value;
 use regorus::unstable::{ArithOp, Expr, Literal, Module, Query, Ref, Rule, RuleHead};
 
-/// `Err(reason)` when some rule of `modules` may not run on the VM.
-pub fn check(modules: &[Ref<Module>]) -> Result<(), String> {
+/// What the VM needs of the data for the snapshot's rules to be safe on it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Needs {
+    /// A rule indexes `data...` with a value computed at evaluation time. The interpreter (like
+    /// OPA) turns a number used as a key of a base document into a string (`data.m[2]` finds
+    /// `{"2": ...}`); the VM does not. They agree only if no object in the data has a key that
+    /// reads as a number: see [`numeric_keys`].
+    pub string_keys: bool,
+}
+
+/// Whether some object in `data` has a key that reads as a JSON number (`"2"`, `"1.5"`).
+pub fn numeric_keys(data: &Value) -> Option<String> {
+    match data {
+        Value::Object(fields) => fields.iter().find_map(|(k, v)| match k {
+            Value::String(s) if serde_json::from_str::<serde_json::Number>(s).is_ok() => {
+                Some(s.to_string())
+            }
+            _ => numeric_keys(v),
+        }),
+        Value::Array(items) => items.iter().find_map(numeric_keys),
+        Value::Set(items) => items.iter().find_map(numeric_keys),
+        _ => None,
+    }
+}
+
+/// `Err(reason)` when some rule of `modules` may not run on the VM; else what it needs of the
+/// data.
+pub fn check(modules: &[Ref<Module>]) -> Result<Needs, String> {
     let mut packages = BTreeSet::new();
     for m in modules {
         packages.insert(package_path(m)?);
@@ -37,11 +63,13 @@ pub fn check(modules: &[Ref<Module>]) -> Result<(), String> {
         packages,
         aliases: HashMap::new(),
         defs: BTreeMap::new(),
+        needs: std::cell::Cell::new(Needs::default()),
     };
     for m in modules {
         checker.module(m)?;
     }
-    checker.conflicts()
+    checker.conflicts()?;
+    Ok(checker.needs.get())
 }
 
 /// One definition of a complete rule.
@@ -67,6 +95,7 @@ struct Checker {
     aliases: HashMap<String, Vec<String>>,
     /// (package, rule) -> its definitions.
     defs: BTreeMap<(String, String), Vec<RuleKind>>,
+    needs: std::cell::Cell<Needs>,
 }
 
 fn at(e: &Expr) -> String {
@@ -344,8 +373,22 @@ impl Checker {
             Expr::RefBrack { refr, index, .. } => {
                 self.expr(refr)?;
                 self.expr(index)?;
-                if constant(index).is_none() {
-                    self.dynamic_data_index(refr, e)?;
+                let literal_data_root = static_root(refr).as_deref() == Some("data");
+                match constant(index) {
+                    Some(Value::String(_)) => {}
+                    Some(_) if literal_data_root => {
+                        return Err(format!(
+                            "a key of data that is not a string at {}",
+                            at(index)
+                        ));
+                    }
+                    Some(_) => {}
+                    None => {
+                        self.dynamic_data_index(refr, e)?;
+                        if literal_data_root {
+                            self.needs.set(Needs { string_keys: true });
+                        }
+                    }
                 }
                 Ok(())
             }
@@ -409,6 +452,15 @@ impl Checker {
         } else {
             Ok(())
         }
+    }
+}
+
+/// The variable a reference starts from (`data` of `data.a[x].b`), whatever its steps.
+fn static_root(e: &Expr) -> Option<String> {
+    match e {
+        Expr::Var { .. } => var_name(e),
+        Expr::RefDot { refr, .. } | Expr::RefBrack { refr, .. } => static_root(refr),
+        _ => None,
     }
 }
 
