@@ -16,6 +16,7 @@ documents, not arbitrary queries. A case passes when the value (or undefined) ma
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import pathlib
 import re
@@ -31,7 +32,7 @@ QUERY = re.compile(r"^\s*(data(?:\.[A-Za-z_][A-Za-z0-9_]*)*)\s*=\s*([A-Za-z_][A-
 
 def canonical(value: Any, sort: bool) -> str:
     if sort and isinstance(value, list):
-        return json.dumps(sorted((canonical(v, sort) for v in value)))
+        return json.dumps(sorted(canonical(v, sort) for v in value))
     return json.dumps(value, sort_keys=True)
 
 
@@ -48,10 +49,8 @@ def run_case(case: dict[str, Any], make: Any) -> tuple[str, str]:
     engine = make(strict=bool(case.get("strict_error")))
     for i in range(16):  # the HTTP path shares one server: remove the previous case's modules
         if engine.backend == "python":
-            try:
+            with contextlib.suppress(ex.PolicyNotFoundError):
                 engine.remove_policy(f"mod{i}.rego")
-            except ex.PolicyNotFoundError:
-                pass
     try:
         try:
             for i, module in enumerate(case.get("modules") or []):
@@ -70,10 +69,8 @@ def run_case(case: dict[str, Any], make: Any) -> tuple[str, str]:
                 return "pass", f"error as expected ({want_error})"
             return "fail", f"unexpected error: {str(e).splitlines()[0]}"
         if want_error:
-            return (
-                "fail",
-                f"expected error {want_error}, got {got if got is not undefined else 'undefined'!r}",
-            )
+            shown = "undefined" if got is undefined else repr(got)
+            return "fail", f"expected error {want_error}, got {shown}"
         want = case.get("want_result")
         if want is None:
             return "skip", "no want_result"
