@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import _backend, exceptions, flags
+from . import _backend, exceptions, flags, sidecar
 from ._version import VERSION as __version__
 from .cache import Cache
 from .hashing import PasswordHasher, configure
+from .sidecar import Sidecar, SidecarClient
 from .tokens import Ed25519Signer, KeySet
 
 __all__ = [
@@ -20,11 +21,14 @@ __all__ = [
     "Ed25519Signer",
     "KeySet",
     "PasswordHasher",
+    "Sidecar",
+    "SidecarClient",
     "__version__",
     "backend_info",
     "configure",
     "exceptions",
     "flags",
+    "sidecar",
 ]
 
 #: ``True`` when the Rust extension is loaded and enabled.
