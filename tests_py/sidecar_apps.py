@@ -66,6 +66,10 @@ class Echo:
         """Blocks the event loop itself: the worker answers nothing, not even pings."""
         time.sleep(3600)  # noqa: ASYNC251 - blocking the loop is the point
 
+    def env(self, params: Any) -> Any:
+        """An environment variable of the worker, and its working directory."""
+        return {"value": os.environ.get(str(params)), "cwd": os.getcwd()}
+
     def exit(self, params: Any) -> None:
         """Dies without a goodbye (as a crash would)."""
         os._exit(int(params or 7))
@@ -84,13 +88,37 @@ async def _atriple(params: Any) -> Any:
     return params * 3
 
 
+async def _nap(params: Any) -> str:
+    await asyncio.sleep(float(params))
+    return "rested"
+
+
 #: A dict handler.
-HANDLERS = {"double": _double, "triple": _atriple}
+HANDLERS = {"double": _double, "triple": _atriple, "nap": _nap}
 
 
 def make_handlers() -> dict[str, Any]:
     """A factory: ``sidecar_apps:make_handlers`` is called with no arguments."""
     return {"double": _double, "source": lambda params: "factory"}
+
+
+def once() -> Echo:
+    """Starts once: a later start (a restart) fails, so the worker stays down.
+
+    The marker file is ``$SIDECAR_TEST_MARKER``.
+    """
+    marker = os.environ["SIDECAR_TEST_MARKER"]
+    if os.path.exists(marker):
+        raise RuntimeError("this worker starts only once")
+    with open(marker, "w") as f:
+        f.write(str(os.getpid()))
+    return Echo()
+
+
+def slow_start() -> Echo:
+    """Takes a long time to load (a model that never finishes loading)."""
+    time.sleep(3600)
+    return Echo()
 
 
 class Broken:

@@ -273,10 +273,19 @@ class _Conn(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.lost.done():
             self.lost.set_result(None)
+        self.dropped(exc)
+
+    def dropped(self, exc: BaseException | None = None) -> None:
+        """The peer closed the connection (or a write to it failed): its callers get
+        ``SidecarUnavailableError`` and the supervisor, if any, hears of it."""
+        if self.closed:
+            return  # we closed it
         why = f": {exc}" if exc else ""
         self.fail(
             SidecarUnavailableError, f"the connection to {self.client.socket_path} was lost{why}"
         )
+        if self.client._on_lost is not None:
+            self.client._on_lost()
 
     def pause_writing(self) -> None:
         self.paused = True
@@ -355,6 +364,8 @@ class PySidecarClient:
         self._failures = 0
         self._retry_at = 0.0
         self._last_error = ""
+        #: Called when the peer drops a connection (the supervisor: the worker may be dying).
+        self._on_lost: Callable[[], None] | None = None
 
     def __repr__(self) -> str:
         return f"SidecarClient({self.socket_path!r}, timeout={self.timeout:g}, backend='python')"
@@ -535,6 +546,9 @@ class PySidecarClient:
         if not conns:
             return None
         best = conns[0] if len(conns) == 1 else min(conns, key=lambda c: len(c.pending))
+        if best.transport is not None and best.transport.is_closing():
+            best.dropped()  # a write just failed; connection_lost is on its way
+            return self._pick()
         if (
             best.pending
             and len(conns) < self.connections
@@ -1131,6 +1145,7 @@ class PySidecar:
             max_in_flight=self.max_in_flight,
         )
         proc = _Proc(popen, client)
+        client._on_lost = lambda: self._suspect(slot, proc)
         slot.proc = proc
         loop = self._loop
         assert loop is not None
@@ -1170,9 +1185,9 @@ class PySidecar:
         proc.wake.set()
 
     def _suspect(self, slot: _Slot, proc: _Proc) -> None:
-        """A request found no usable connection to the worker: take it out of rotation until
-        its supervising task has seen it exit, or answer a ping."""
-        if slot.proc is proc and not proc.exited.is_set():
+        """The worker dropped a connection, or no connection to it could take a request: out
+        of rotation until its supervising task has seen it exit, or answer a ping."""
+        if slot.proc is proc and proc.ready_at is not None and not proc.exited.is_set():
             proc.suspect = True
             self._set_live(slot, False)
             proc.wake.set()
