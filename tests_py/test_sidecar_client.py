@@ -21,7 +21,15 @@ from sark_native.exceptions import (
     SidecarTimeoutError,
     SidecarUnavailableError,
 )
-from sidecar_helpers import FakeConnection, FakeServer, WorkerProcess, echo, frame, raw
+from sidecar_helpers import (
+    FakeConnection,
+    FakeServer,
+    WorkerProcess,
+    echo,
+    frame,
+    raw,
+    wait_until,
+)
 
 
 @pytest.fixture
@@ -220,10 +228,10 @@ async def test_timeouts_then_more_requests_get_their_own_answers(
             assert time.monotonic() - started < 5
             # The next caller on the same connection gets its own answer, never "late i".
             assert await c.request("echo", f"mine {i}") == f"mine {i}"
-        await asyncio.sleep(0.5)  # the late answers arrive and are dropped
+        # The late answers arrive and are dropped.
+        await wait_until(lambda: c.stats()["late_answers"] == 5, what="5 late answers")
         results = await asyncio.gather(*(c.request("echo", j) for j in range(20)))
         assert results == list(range(20))
-        assert c.stats()["late_answers"] == 5
 
 
 @pytest.mark.asyncio
@@ -236,9 +244,8 @@ async def test_a_cancelled_request_is_forgotten(
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        await asyncio.sleep(0.3)
         assert await c.request("echo", "next") == "next"
-        assert c.stats()["late_answers"] == 1
+        await wait_until(lambda: c.stats()["late_answers"] == 1, what="the late answer")
 
 
 # Each scenario: what the fake server answers to the first 3 requests of the first connection.

@@ -76,7 +76,7 @@ async def test_requests_errors_and_durations_are_counted(
             await c.request("asleep", {"seconds": 0.5}, timeout=0.05)
         with pytest.raises(TypeError):
             await c.request("echo", math.nan)  # bad input: not a request
-        during = asyncio.create_task(c.request("asleep", {"seconds": 0.3, "value": 3}))
+        during = asyncio.create_task(c.request("asleep", {"seconds": 1.0, "value": 3}))
         await asyncio.sleep(0.1)
         assert scrape.get("sidecar_in_flight") == before["in_flight"] + 1
         assert await during == 3

@@ -1034,6 +1034,10 @@ class PySidecar:
                 if result is not UNSENT:
                     return result
                 self._suspect(slot, proc)
+                if slot.live and slot.proc is proc:  # not taken out of rotation: do not spin
+                    raise SidecarUnavailableError(
+                        f"sidecar worker {slot.index} (pid {proc.pid}) cannot take requests"
+                    )
         except SidecarError as exc:
             counters.error(exc)
             raise

@@ -162,13 +162,20 @@ def _scalar_error(value: object) -> str | None:
     return f"{type(value).__name__} is not JSON-serializable"
 
 
+def _plain_number(kind: type, item: Any) -> bool:
+    """The fast path: an exact int in range or a finite float."""
+    if kind is int:
+        return bool(INT_MIN <= item <= INT_MAX)
+    return kind is float and math.isfinite(item)
+
+
 def _walk(value: object, depth: int, keys: list[object]) -> None:
     if isinstance(value, (list, tuple)):
         if depth >= MAX_DEPTH:
             raise TypeError(f"{_path(keys)}: nested more than {MAX_DEPTH} deep")
         for i, item in enumerate(value):
             kind = type(item)
-            if kind is str or kind is bool or item is None:
+            if kind is str or kind is bool or item is None or _plain_number(kind, item):
                 continue
             keys.append(i)
             _walk(item, depth + 1, keys)
@@ -183,7 +190,7 @@ def _walk(value: object, depth: int, keys: list[object]) -> None:
                     f"{_path(keys)}: dict key {key!r} is a {type(key).__name__}, not a str"
                 )
             kind = type(item)
-            if kind is str or kind is bool or item is None:
+            if kind is str or kind is bool or item is None or _plain_number(kind, item):
                 continue
             keys.append(key)
             _walk(item, depth + 1, keys)
