@@ -173,6 +173,10 @@ async def test_with_no_live_worker_a_request_waits_then_is_unavailable(
             await sc.request("echo", 1, timeout=1.0)
         assert time.monotonic() - started >= 0.5  # it did wait for a worker
         await wait_until(lambda: sc.restarts >= 2, what="restart attempts")
+        # Backoff: attempts at 0, 0.1, 0.2, 0.4, 0.8 s after each failure (each failure takes an
+        # interpreter start), so only a handful in 2 s; without it there would be a dozen or more.
+        await asyncio.sleep(max(0.0, started + 2.0 - time.monotonic()))
+        assert sc.restarts <= 7
 
 
 @pytest.mark.asyncio

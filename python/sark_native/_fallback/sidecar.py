@@ -394,8 +394,7 @@ class PySidecarClient:
         task = self._connect_task
         self.close()
         if task is not None:
-            with contextlib.suppress(BaseException):
-                await task
+            await asyncio.wait([task], timeout=5.0)  # its outcome is retrieved by _connect_done
         lost = [c.lost for c in conns if not c.lost.done()]
         if lost:
             await asyncio.wait(lost, timeout=1.0)
@@ -617,6 +616,7 @@ class PySidecarClient:
         self._reset_backoff()
         if self._closed:
             conn.fail(SidecarUnavailableError, self._close_message)
+            await asyncio.wait([conn.lost], timeout=1.0)
             raise SidecarUnavailableError(self._close_message)
         self._conns.append(conn)
         return conn
@@ -696,6 +696,7 @@ class _Proc:
         #: The connection broke or refused a request: not live until a ping says otherwise.
         self.suspect = False
         self.returncode: int | None = None
+        self.exit_time: float | None = None
         self.output: collections.deque[str] = collections.deque(maxlen=OUTPUT_TAIL)
         self.ready_at: float | None = None
 
@@ -726,6 +727,8 @@ class _Slot:
         self.restarts = 0
         #: Consecutive deaths of a worker that had not been ready for STABLE_AFTER.
         self.failures = 0
+        #: Whether the last worker died that way.
+        self.quick_death = False
         self.last_exit: str | None = None
         self.task: asyncio.Task[None] | None = None
 
@@ -1175,6 +1178,8 @@ class PySidecar:
 
     def _on_exit(self, slot: _Slot, proc: _Proc, code: int) -> None:
         proc.returncode = code
+        if self._loop is not None:
+            proc.exit_time = self._loop.time()
         how = _describe_exit(code)
         if slot.proc is proc:
             slot.last_exit = how
@@ -1302,8 +1307,10 @@ class PySidecar:
         await proc.client.aclose()
         loop = self._loop
         assert loop is not None
-        stable = proc.ready_at is not None and loop.time() - proc.ready_at >= STABLE_AFTER
-        if stable:
+        died = proc.exit_time if proc.exit_time is not None else loop.time()
+        # It kept dying: it never answered a ping, or died soon after its first one.
+        slot.quick_death = proc.ready_at is None or died - proc.ready_at < STABLE_AFTER
+        if not slot.quick_death:
             slot.failures = 0
 
     def _restart_delay(self, slot: _Slot) -> float:
@@ -1315,14 +1322,10 @@ class PySidecar:
     async def _restart(self, slot: _Slot) -> None:
         """Starts a new worker for the slot, with backoff while it keeps dying."""
         while not self._closing:
-            delay = self._restart_delay(slot)
-            prev = slot.proc
-            if (
-                prev is None
-                or prev.ready_at is None
-                or (self._loop is not None and self._loop.time() - prev.ready_at < STABLE_AFTER)
-            ):
+            delay = self._restart_delay(slot)  # 0 unless the previous ones died quickly too
+            if slot.quick_death:
                 slot.failures += 1
+            prev = slot.proc
             if delay:
                 await asyncio.sleep(delay)
             if self._closing:

@@ -58,7 +58,13 @@ def _parser() -> argparse.ArgumentParser:
         help="exit when stdin reaches EOF (the supervisor died); on Linux also ask for SIGTERM "
         "when the parent dies",
     )
-    p.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    p.add_argument(
+        "--log-level",
+        default="INFO",
+        type=str.upper,
+        choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
+        help="logging level (default INFO)",
+    )
     return p
 
 
@@ -103,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
-        level=str(args.log_level).upper(),
+        level=args.log_level,
         format="%(asctime)s %(levelname)s sidecar[%(process)d] %(name)s: %(message)s",
         stream=sys.stderr,
     )
