@@ -396,11 +396,15 @@ class Worker:
             await self._stop_event.wait()
             logger.info("shutting down: %s", self._stop_reason)
         finally:
-            for sig in signals:
-                loop.remove_signal_handler(sig)
-            if stdin_transport is not None:
-                stdin_transport.close()
-            await self._shutdown()
+            try:
+                await self._shutdown()
+            finally:
+                # Only now: a second SIGTERM during the shutdown (stdin EOF and the parent-death
+                # signal arrive together) must not kill the worker before it has cleaned up.
+                for sig in signals:
+                    loop.remove_signal_handler(sig)
+                if stdin_transport is not None:
+                    stdin_transport.close()
 
     def _install_signals(self, loop: asyncio.AbstractEventLoop) -> list[signal.Signals]:
         installed = []
