@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from typing import cast
@@ -36,6 +37,26 @@ BACKENDS = ["rust", "python"] if sark_native.RUST_AVAILABLE else ["python"]
 def backend(request: pytest.FixtureRequest) -> Backend:
     """Each test that takes this fixture runs once per available backend."""
     return cast(Backend, request.param)
+
+
+@pytest.fixture(params=["python"])
+def sidecar_backend(request: pytest.FixtureRequest) -> Backend:
+    """The sidecar's backends: the Python path only until the native sidecar is built (then
+    this becomes the ``backend`` fixture)."""
+    return cast(Backend, request.param)
+
+
+@pytest.fixture
+def sock_dir() -> Iterator[pathlib.Path]:
+    """A short private directory for Unix sockets: ``tmp_path`` can be longer than the 107 bytes
+    a socket path may have."""
+    path = pathlib.Path(
+        tempfile.mkdtemp(prefix="sn-", dir="/tmp" if os.path.isdir("/tmp") else None)
+    )
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 class RedisServer:

@@ -39,6 +39,7 @@ MODULES: dict[str, str] = {
     "rollout": "bench_rollout",
     "tokens": "bench_tokens",
     "hashing": "bench_hashing",
+    "sidecar": "bench_sidecar",
 }
 
 #: Imports of the extension may fail for a moment while someone rebuilds it: retry this long.

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import _backend, exceptions, flags
+from . import _backend, exceptions, flags, sidecar
 from ._version import VERSION as __version__
 from .cache import Cache
 from .hashing import PasswordHasher, configure
 from .policy import PolicyEngine
+from .sidecar import Sidecar, SidecarClient
 from .tokens import Ed25519Signer, KeySet
 
 __all__ = [
@@ -22,11 +23,14 @@ __all__ = [
     "KeySet",
     "PasswordHasher",
     "PolicyEngine",
+    "Sidecar",
+    "SidecarClient",
     "__version__",
     "backend_info",
     "configure",
     "exceptions",
     "flags",
+    "sidecar",
 ]
 
 #: ``True`` when the Rust extension is loaded and enabled.

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from . import _backend
 from ._fallback import cache as _py_cache
 from ._fallback import hashing as _py_hashing
+from ._fallback import sidecar as _py_sidecar
 from ._version import VERSION
 
 if TYPE_CHECKING:
@@ -114,6 +115,57 @@ def _hashing_families(p: str) -> Iterator[Any]:
     yield from (ops, duration, rejected, depth, running, workers)
 
 
+def _sidecar_counters() -> Iterator[tuple[str, dict[str, Any]]]:
+    """``(implementation, counters)`` of the sidecar clients and supervisors of each backend
+    (the native sidecar is not built yet: only the Python path reports)."""
+    yield "python", _py_sidecar.sidecar_metrics()
+
+
+def _sidecar_families(p: str) -> Iterator[Any]:
+    from prometheus_client.core import (
+        CounterMetricFamily,
+        GaugeMetricFamily,
+        HistogramMetricFamily,
+    )
+
+    requests = CounterMetricFamily(
+        f"{p}sidecar_requests",
+        "Requests to sidecar workers (after validation; pings not counted)",
+        labels=["implementation"],
+    )
+    errors = CounterMetricFamily(
+        f"{p}sidecar_errors",
+        "Sidecar requests that failed, by error type (timeout, unavailable, protocol, remote)",
+        labels=["implementation", "error_type"],
+    )
+    restarts = CounterMetricFamily(
+        f"{p}sidecar_restarts",
+        "Sidecar workers restarted (after an exit, a failed ping or a hang)",
+        labels=["implementation"],
+    )
+    in_flight = GaugeMetricFamily(
+        f"{p}sidecar_in_flight", "Sidecar requests awaiting an answer", labels=["implementation"]
+    )
+    duration = HistogramMetricFamily(
+        f"{p}sidecar_request_duration_seconds",
+        "Time from sending a sidecar request to its answer or error",
+        labels=["implementation"],
+    )
+    for impl, m in _sidecar_counters():
+        requests.add_metric([impl], m["requests"])
+        for error_type, n in m["errors"].items():
+            errors.add_metric([impl, error_type], n)
+        restarts.add_metric([impl], m["restarts"])
+        in_flight.add_metric([impl], m["in_flight"])
+        cumulative = 0
+        buckets = []
+        for bound, n in zip([*(str(b) for b in m["bounds"]), "+Inf"], m["buckets"], strict=True):
+            cumulative += n
+            buckets.append((bound, cumulative))
+        duration.add_metric([impl], buckets, m["sum"])
+    yield from (requests, errors, restarts, in_flight, duration)
+
+
 #: Every live FeatureFlags in this process; their counters are read at scrape time.
 _flags: weakref.WeakSet[FeatureFlags] = weakref.WeakSet()
 
@@ -206,6 +258,7 @@ class SarkNativeCollector:
                 rust_size.add_metric([name], c["size"])
         yield from (ops, results, evictions, expirations, size, max_size, rust_size)
         yield from _hashing_families(p)
+        yield from _sidecar_families(p)
 
         assignments, percentages = _flag_metrics()
         assigned = CounterMetricFamily(
