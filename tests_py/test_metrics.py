@@ -183,3 +183,33 @@ def test_tokens_are_counted_by_outcome_and_reason(backend: Backend) -> None:
     assert value("tokens_rejected_total", reason="expired") - before["expired"] == 1
     text = generate_latest(registry).decode()
     assert 'tokens_rejected_total{implementation="' in text
+
+
+def test_policy_evaluations_are_counted_and_timed(
+    backend: Backend, request: pytest.FixtureRequest
+) -> None:
+    registry = CollectorRegistry()
+    metrics.register(registry)
+    kwargs = {"opa_url": request.getfixturevalue("opa_url")} if backend == "python" else {}
+    with sark_native.PolicyEngine(backend=backend, **kwargs) as e:
+        e.load_policy("m", "package m\nx := input.a\ny := 1 / input.z\n")
+        labels = {"implementation": backend}
+        before = sample(registry, "opa_evaluations_total", **labels) or 0
+        count_before = sample(registry, "opa_evaluation_duration_seconds_count", **labels) or 0
+        errors = "opa_rust_errors_total" if backend == "rust" else "opa_python_errors_total"
+        errors_before = sample(registry, errors, error_type="evaluation") or 0
+        for i in range(5):
+            assert e.evaluate("data.m.x", {"a": i}) == i
+        with pytest.raises(sark_native.exceptions.PolicyEvaluationError):
+            e.evaluate("data.m.y", {"z": 0})
+        assert sample(registry, "opa_evaluations_total", **labels) == before + 6
+        assert (
+            sample(registry, "opa_evaluation_duration_seconds_count", **labels) == count_before + 6
+        )
+        assert sample(registry, errors, error_type="evaluation") == errors_before + 1
+        if backend == "rust":
+            assert (sample(registry, "rust_opa_policies_loaded") or 0) >= 1
+            assert sample(registry, "opa_rust_fallback_total") is not None
+    text = generate_latest(registry).decode()
+    assert 'opa_evaluation_duration_seconds_bucket{implementation="' in text
+    assert 'le="1e-06"' in text

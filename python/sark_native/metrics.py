@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from . import _backend
 from ._fallback import cache as _py_cache
 from ._fallback import hashing as _py_hashing
+from ._fallback import policy as _py_policy
 from ._fallback import sidecar as _py_sidecar
 from ._version import VERSION
 
@@ -113,6 +114,70 @@ def _hashing_families(p: str) -> Iterator[Any]:
         running.add_metric([impl], m["running"])
         workers.add_metric([impl], m["workers"])
     yield from (ops, duration, rejected, depth, running, workers)
+
+
+def _policy_counters() -> Iterator[tuple[str, dict[str, Any]]]:
+    """``(implementation, counters)`` of the policy engines of each backend."""
+    if _backend.RUST_AVAILABLE:
+        yield "rust", _backend.native()._policy_metrics()
+    yield "python", _py_policy.policy_metrics()
+
+
+def _policy_families(p: str) -> Iterator[Any]:
+    from prometheus_client.core import (
+        CounterMetricFamily,
+        GaugeMetricFamily,
+        HistogramMetricFamily,
+    )
+
+    duration = HistogramMetricFamily(
+        f"{p}opa_evaluation_duration_seconds",
+        "Policy evaluation time by implementation (rust: in-process; python: the HTTP round trip)",
+        labels=["implementation"],
+    )
+    total = CounterMetricFamily(
+        f"{p}opa_evaluations",
+        "Policy evaluations by implementation",
+        labels=["implementation"],
+    )
+    errors = CounterMetricFamily(
+        f"{p}opa_rust_errors",
+        "Failed native evaluations by error type (evaluation, input, internal, other)",
+        labels=["error_type"],
+    )
+    python_errors = CounterMetricFamily(
+        f"{p}opa_python_errors",
+        "Failed evaluations of the HTTP path by error type",
+        labels=["error_type"],
+    )
+    fallback = CounterMetricFamily(
+        f"{p}opa_rust_fallback",
+        "Native evaluations that failed internally and were retried on the HTTP path",
+    )
+    fallback_writes = CounterMetricFamily(
+        f"{p}opa_rust_fallback_write_failures",
+        "Policy writes that failed on the HTTP fallback (which is then disabled)",
+    )
+    loaded = GaugeMetricFamily(
+        f"{p}rust_opa_policies_loaded", "Policies loaded in the native engines of this process"
+    )
+    for impl, m in _policy_counters():
+        cumulative = 0
+        buckets = []
+        bounds = [*(str(b) for b in m["buckets"]), "+Inf"]
+        for bound, n in zip(bounds, m["bucket_counts"], strict=True):
+            cumulative += n
+            buckets.append((bound, cumulative))
+        duration.add_metric([impl], buckets, m["sum_seconds"])
+        total.add_metric([impl], m["evaluations"])
+        family = errors if impl == "rust" else python_errors
+        for error_type, n in m["errors"].items():
+            family.add_metric([error_type], n)
+        if impl == "rust":
+            fallback.add_metric([], m["fallbacks"])
+            fallback_writes.add_metric([], m["fallback_write_failures"])
+            loaded.add_metric([], m["policies"])
+    yield from (duration, total, errors, python_errors, fallback, fallback_writes, loaded)
 
 
 def _sidecar_counters() -> Iterator[tuple[str, dict[str, Any]]]:
@@ -258,6 +323,7 @@ class SarkNativeCollector:
                 rust_size.add_metric([name], c["size"])
         yield from (ops, results, evictions, expirations, size, max_size, rust_size)
         yield from _hashing_families(p)
+        yield from _policy_families(p)
         yield from _sidecar_families(p)
 
         assignments, percentages = _flag_metrics()

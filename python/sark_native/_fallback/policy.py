@@ -19,6 +19,7 @@ import hashlib
 import json
 import math
 import re
+import sys
 import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -266,6 +267,41 @@ def _encode(value: object) -> bytes:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
 
 
+def _uds_transport(httpx: Any, path: str) -> Any:
+    """An HTTP transport over the Unix socket ``path`` that closes its socket when the connect
+    fails: httpcore's own leaves it open (a ``ResourceWarning``, and an fd until the collector
+    runs) for a missing or refused socket, which is exactly when a client retries."""
+    transport = httpx.HTTPTransport(uds=path)
+    try:
+        import socket
+
+        httpcore = sys.modules[type(transport._pool).__module__.split(".")[0]]
+        stream_type = sys.modules[f"{httpcore.__name__}._backends.sync"].SyncStream
+
+        class ClosingBackend(httpcore.SyncBackend):  # type: ignore[misc, name-defined]
+            def connect_unix_socket(
+                self, path: str, timeout: float | None = None, socket_options: Any = None
+            ) -> Any:
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                try:
+                    for option in socket_options or ():
+                        sock.setsockopt(*option)
+                    sock.settimeout(timeout)
+                    sock.connect(path)
+                except TimeoutError as exc:
+                    sock.close()
+                    raise httpcore.ConnectTimeout(exc) from exc
+                except OSError as exc:
+                    sock.close()
+                    raise httpcore.ConnectError(exc) from exc
+                return stream_type(sock)
+
+        transport._pool._network_backend = ClosingBackend()
+    except (AttributeError, KeyError):  # another httpcore layout: keep its backend
+        pass
+    return transport
+
+
 def _uds_path(opa_url: str) -> str | None:
     for prefix in ("unix://", "unix:"):
         if opa_url.startswith(prefix):
@@ -345,7 +381,7 @@ class PyPolicyEngine:
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._client = httpx.Client(
             base_url=self._base_url,
-            transport=httpx.HTTPTransport(uds=uds) if uds is not None else None,
+            transport=_uds_transport(httpx, uds) if uds is not None else None,
             timeout=self.timeout,
             headers=self._headers,
         )

@@ -543,13 +543,14 @@ async fn route(state: &State, req: Request<Incoming>) -> Reply {
             policy_route(state, m, &id, req).await
         }
         (Method::PUT, "/v1/data" | "/v1/data/") => {
-            if let Some(refusal) = refuse_write(state, &req) {
-                return refusal;
-            }
+            let refusal = refuse_write(state, &req);
             let bytes = match body_bytes(req.into_body(), state.config.max_data_bytes).await {
                 Ok(b) => b,
                 Err(reply) => return reply,
             };
+            if let Some(refusal) = refusal {
+                return refusal;
+            }
             let data: Value = match serde_json::from_slice(&bytes) {
                 Ok(v) => v,
                 Err(e) => {
@@ -595,8 +596,20 @@ async fn route(state: &State, req: Request<Incoming>) -> Reply {
 }
 
 async fn policy_route(state: &State, method: Method, id: &str, req: Request<Incoming>) -> Reply {
+    // Read the body before any refusal: answering while a client still writes it makes the
+    // connection close under the client (a broken pipe instead of our error).
+    let refusal = (method != Method::GET)
+        .then(|| refuse_write(state, &req))
+        .flatten();
+    let bytes = match body_bytes(req.into_body(), state.config.max_policy_bytes).await {
+        Ok(b) => b,
+        Err(reply) => return reply,
+    };
     if let Err(e) = check_policy_name(id) {
         return core_error_reply(&e);
+    }
+    if let Some(refusal) = refusal {
+        return refusal;
     }
     match method {
         Method::GET => {
@@ -615,13 +628,6 @@ async fn policy_route(state: &State, method: Method, id: &str, req: Request<Inco
             }
         }
         Method::PUT => {
-            if let Some(refusal) = refuse_write(state, &req) {
-                return refusal;
-            }
-            let bytes = match body_bytes(req.into_body(), state.config.max_policy_bytes).await {
-                Ok(b) => b,
-                Err(reply) => return reply,
-            };
             let Ok(text) = std::str::from_utf8(&bytes) else {
                 return error_reply(
                     StatusCode::BAD_REQUEST,
@@ -635,20 +641,15 @@ async fn policy_route(state: &State, method: Method, id: &str, req: Request<Inco
                 Err(e) => core_error_reply(&e),
             }
         }
-        Method::DELETE => {
-            if let Some(refusal) = refuse_write(state, &req) {
-                return refusal;
-            }
-            match state.engine.remove_policy(id) {
-                Ok(()) => json_reply(StatusCode::OK, b"{}".to_vec()),
-                Err(Error::PolicyNotFound(_)) => error_reply(
-                    StatusCode::NOT_FOUND,
-                    "resource_not_found",
-                    &format!("storage_not_found_error: policy id {id:?}"),
-                ),
-                Err(e) => core_error_reply(&e),
-            }
-        }
+        Method::DELETE => match state.engine.remove_policy(id) {
+            Ok(()) => json_reply(StatusCode::OK, b"{}".to_vec()),
+            Err(Error::PolicyNotFound(_)) => error_reply(
+                StatusCode::NOT_FOUND,
+                "resource_not_found",
+                &format!("storage_not_found_error: policy id {id:?}"),
+            ),
+            Err(e) => core_error_reply(&e),
+        },
         _ => error_reply(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
