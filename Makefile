@@ -85,7 +85,7 @@ bench-py: build redis $(BENCH_STAMP) ## Python benchmarks against the peers (wri
 	$(BIN)/python benches/py/run.py --output docs/benchmarks.md
 
 bench-rust: ## criterion benchmarks of the Rust core
-	cargo bench --no-default-features --bench cache --bench bucket --bench tokens
+	cargo bench --no-default-features --bench cache --bench bucket --bench tokens --bench policy
 
 clean: ## remove .venv and build products (keeps the cargo target dir)
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -151,3 +152,36 @@ if sark_native.RUST_AVAILABLE:
                 configure_policy_pool("2")  # type: ignore[arg-type]
         finally:
             configure_policy_pool(before)
+
+
+def test_a_long_evaluation_does_not_hold_the_gil(
+    backend: Backend, request: pytest.FixtureRequest
+) -> None:
+    """While one thread evaluates a slow policy, Python code keeps running in another."""
+    e = engine_for(backend, request)
+    try:
+        e.load_policy(
+            "slow",
+            "package slow\nr := numbers.range(1, 500)\n"
+            "n := count([1 | some a in r; some b in r])\n",
+        )
+        done = threading.Event()
+        result: list[Any] = []
+
+        def evaluate() -> None:
+            result.append(e.evaluate("data.slow.n"))
+            done.set()
+
+        t = threading.Thread(target=evaluate)
+        t.start()
+        ticks = 0
+        while not done.is_set():
+            ticks += 1
+            time.sleep(0.001)
+        t.join(timeout=30)
+        assert result == [250_000]
+        # The evaluation takes tens of milliseconds or more: a thread holding the GIL for it
+        # would leave this loop a handful of ticks.
+        assert ticks >= 5, ticks
+    finally:
+        e.close()

@@ -39,6 +39,7 @@ MODULES: dict[str, str] = {
     "rollout": "bench_rollout",
     "tokens": "bench_tokens",
     "hashing": "bench_hashing",
+    "policy": "bench_policy",
     "sidecar": "bench_sidecar",
 }
 

@@ -23,7 +23,7 @@ use regorus::Value;
 use super::aio::LoopFuture;
 use super::errors::to_py;
 use super::gil;
-use crate::core::error::Error;
+use crate::core::error::{Error, Result as CoreResult};
 use crate::core::policy::{
     self, Config, PolicyEngine, evaluate_in, json_string_len, metrics, pool,
 };
@@ -34,6 +34,9 @@ pyo3::import_exception!(sark_native.exceptions, PolicyError);
 const _: () = assert!(policy::DEFAULT_MAX_INPUT_DEPTH == 64);
 const _: () = assert!(policy::DEFAULT_MAX_INPUT_BYTES == 1048576);
 const _: () = assert!(policy::DEFAULT_TIME_LIMIT.as_millis() == 1000);
+
+/// Inputs per unit of work of `evaluate_batch` (see there).
+const BATCH_CHUNK: usize = 32;
 
 /// Deepest nesting `set_data` accepts (a guard against stack exhaustion, not a policy limit).
 const MAX_DATA_DEPTH: usize = 512;
@@ -714,9 +717,16 @@ impl PyPolicyEngine {
                 ))
             })?
             .collect::<PyResult<_>>()?;
-        let mut values = Vec::with_capacity(objs.len());
+        // Pipelined: chunks go to the policy pool as soon as they are converted, so the pool
+        // evaluates while this thread (holding the GIL) converts the next inputs.
+        let snap = self.inner.snapshot();
+        let strict = self.inner.config().strict;
+        let (tx, rx) = std::sync::mpsc::channel::<(usize, Vec<CoreResult<Option<Value>>>)>();
+        let mut chunk = Vec::with_capacity(BATCH_CHUNK);
+        let mut chunk_start = 0;
+        let mut chunks = 0;
         for (i, obj) in objs.iter().enumerate() {
-            let v = if obj.is_none() {
+            chunk.push(if obj.is_none() {
                 None
             } else {
                 Some(input_value(
@@ -724,22 +734,32 @@ impl PyPolicyEngine {
                     self.inner.config(),
                     &format!("inputs[{i}]"),
                 )?)
-            };
-            values.push(v);
+            });
+            if chunk.len() == BATCH_CHUNK || i + 1 == objs.len() {
+                let work = std::mem::replace(&mut chunk, Vec::with_capacity(BATCH_CHUNK));
+                let (snap, p, tx) = (snap.clone(), path.clone(), tx.clone());
+                let start = chunk_start;
+                pool::spawn(move || {
+                    use rayon::prelude::*;
+                    let results = work
+                        .into_par_iter()
+                        .map(|input| evaluate_in(&snap, &p, input, strict))
+                        .collect::<Vec<_>>();
+                    let _ = tx.send((start, results));
+                })
+                .map_err(to_py)?;
+                chunks += 1;
+                chunk_start = i + 1;
+            }
         }
-        let snap = self.inner.snapshot();
-        let strict = self.inner.config().strict;
-        let p = path.clone();
+        drop(tx);
         let results = gil::detach(py, move || {
-            pool::install(|| {
-                use rayon::prelude::*;
-                values
-                    .into_par_iter()
-                    .map(|input| evaluate_in(&snap, &p, input, strict))
-                    .collect::<Vec<_>>()
-            })
+            let mut parts: Vec<(usize, Vec<CoreResult<Option<Value>>>)> = rx.iter().collect();
+            parts.sort_by_key(|(start, _)| *start);
+            (parts.len() == chunks)
+                .then(|| parts.into_iter().flat_map(|(_, r)| r).collect::<Vec<_>>())
         })
-        .map_err(to_py)?;
+        .ok_or_else(|| to_py(Error::Internal("a batch chunk was lost".into())))?;
         let out = PyList::empty(py);
         for (obj, result) in objs.iter().zip(results) {
             let input = (!obj.is_none()).then_some(obj);

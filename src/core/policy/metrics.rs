@@ -2,6 +2,7 @@
 //! scrape time by `sark_native.metrics` and by policyd's `/metrics`.
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use crate::core::error::Error;
@@ -32,10 +33,48 @@ pub const BUCKETS: [f64; 19] = [
 /// Error types, in the order of [`Snapshot::errors`]; the Python path uses the same names.
 pub const ERROR_TYPES: [&str; 4] = ["evaluation", "input", "internal", "other"];
 
-static EVALUATIONS: AtomicU64 = AtomicU64::new(0);
-static BUCKET_COUNTS: [AtomicU64; BUCKETS.len() + 1] = [const { AtomicU64::new(0) }; 20];
-static SUM_NANOS: AtomicU64 = AtomicU64::new(0);
-static ERRORS: [AtomicU64; ERROR_TYPES.len()] = [const { AtomicU64::new(0) }; 4];
+/// The per-evaluation counters of one thread. Each thread writes only its own (no cache line
+/// shared between cores on the hot path); a scrape sums them all.
+struct Shard {
+    evaluations: AtomicU64,
+    buckets: [AtomicU64; BUCKETS.len() + 1],
+    sum_nanos: AtomicU64,
+    errors: [AtomicU64; ERROR_TYPES.len()],
+}
+
+impl Shard {
+    const fn new() -> Shard {
+        Shard {
+            evaluations: AtomicU64::new(0),
+            buckets: [const { AtomicU64::new(0) }; BUCKETS.len() + 1],
+            sum_nanos: AtomicU64::new(0),
+            errors: [const { AtomicU64::new(0) }; ERROR_TYPES.len()],
+        }
+    }
+}
+
+/// Every thread's shard (kept after the thread ends: its counts stay in the totals).
+static SHARDS: Mutex<Vec<Arc<Shard>>> = Mutex::new(Vec::new());
+
+thread_local! {
+    static SHARD: Arc<Shard> = {
+        let shard = Arc::new(Shard::new());
+        SHARDS
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(shard.clone());
+        shard
+    };
+}
+
+/// Counts of threads whose shard is gone (during their teardown).
+static FALLBACK: Shard = Shard::new();
+
+fn with_shard(f: impl Fn(&Shard)) {
+    if SHARD.try_with(|s| f(s)).is_err() {
+        f(&FALLBACK);
+    }
+}
 static FALLBACKS: AtomicU64 = AtomicU64::new(0);
 static FALLBACK_WRITE_FAILURES: AtomicU64 = AtomicU64::new(0);
 static VM_FALLBACKS: AtomicU64 = AtomicU64::new(0);
@@ -54,23 +93,27 @@ fn error_index(err: &Error) -> usize {
 
 /// Records one evaluation (successful or not) and its duration.
 pub fn evaluated(elapsed: Duration, err: Option<&Error>) {
-    EVALUATIONS.fetch_add(1, Ordering::Relaxed);
     let secs = elapsed.as_secs_f64();
     let slot = BUCKETS
         .iter()
         .position(|&b| secs <= b)
         .unwrap_or(BUCKETS.len());
-    BUCKET_COUNTS[slot].fetch_add(1, Ordering::Relaxed);
     let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
-    SUM_NANOS.fetch_add(nanos, Ordering::Relaxed);
-    if let Some(e) = err {
-        ERRORS[error_index(e)].fetch_add(1, Ordering::Relaxed);
-    }
+    with_shard(|s| {
+        s.evaluations.fetch_add(1, Ordering::Relaxed);
+        s.buckets[slot].fetch_add(1, Ordering::Relaxed);
+        s.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+        if let Some(e) = err {
+            s.errors[error_index(e)].fetch_add(1, Ordering::Relaxed);
+        }
+    });
 }
 
 /// Counts an input refused before evaluation (the binding's conversion).
 pub fn input_rejected() {
-    ERRORS[1].fetch_add(1, Ordering::Relaxed);
+    with_shard(|s| {
+        s.errors[1].fetch_add(1, Ordering::Relaxed);
+    });
 }
 
 /// Counts an evaluation retried on the HTTP path (the binding's fallback).
@@ -121,18 +164,29 @@ pub struct Snapshot {
 
 /// The current values of the counters.
 pub fn snapshot() -> Snapshot {
+    let mut evaluations = 0;
+    let mut buckets = [0u64; BUCKETS.len() + 1];
+    let mut sum_nanos = 0u64;
+    let mut errors = [0u64; ERROR_TYPES.len()];
+    let mut add = |s: &Shard| {
+        evaluations += s.evaluations.load(Ordering::Relaxed);
+        for (total, b) in buckets.iter_mut().zip(&s.buckets) {
+            *total += b.load(Ordering::Relaxed);
+        }
+        sum_nanos = sum_nanos.wrapping_add(s.sum_nanos.load(Ordering::Relaxed));
+        for (total, e) in errors.iter_mut().zip(&s.errors) {
+            *total += e.load(Ordering::Relaxed);
+        }
+    };
+    for shard in SHARDS.lock().unwrap_or_else(PoisonError::into_inner).iter() {
+        add(shard);
+    }
+    add(&FALLBACK);
     Snapshot {
-        evaluations: EVALUATIONS.load(Ordering::Relaxed),
-        buckets: BUCKET_COUNTS
-            .iter()
-            .map(|b| b.load(Ordering::Relaxed))
-            .collect(),
-        sum_seconds: SUM_NANOS.load(Ordering::Relaxed) as f64 / 1e9,
-        errors: ERROR_TYPES
-            .iter()
-            .zip(ERRORS.iter())
-            .map(|(name, n)| (*name, n.load(Ordering::Relaxed)))
-            .collect(),
+        evaluations,
+        buckets: buckets.to_vec(),
+        sum_seconds: sum_nanos as f64 / 1e9,
+        errors: ERROR_TYPES.iter().copied().zip(errors).collect(),
         fallbacks: FALLBACKS.load(Ordering::Relaxed),
         fallback_write_failures: FALLBACK_WRITE_FAILURES.load(Ordering::Relaxed),
         vm_fallbacks: VM_FALLBACKS.load(Ordering::Relaxed),

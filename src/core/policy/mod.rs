@@ -246,7 +246,8 @@ impl PolicyEngine {
     /// Evaluates `path` (`data`, `data.pkg`, `data.pkg.rule`, ...) with `input` (`None`: no
     /// input). `Ok(None)` means undefined.
     pub fn evaluate(&self, path: &str, input: Option<Value>) -> Result<Option<Value>> {
-        let snap = self.current.load_full();
+        // A guard, not an `Arc` clone: no write to the snapshot's shared reference count.
+        let snap = self.current.load();
         evaluate_in(&snap, path, input, self.config.strict)
     }
 
@@ -258,15 +259,15 @@ impl PolicyEngine {
         input: Option<Value>,
         strict: bool,
     ) -> Result<Option<Value>> {
-        let snap = self.current.load_full();
+        let snap = self.current.load();
         evaluate_in(&snap, path, input, strict)
     }
 
     /// How `path` is evaluated in the current snapshot (for diagnostics and tests).
     pub fn plan_kind(&self, path: &str) -> Result<PlanKind> {
         check_path(path)?;
-        let snap = self.current.load_full();
-        Ok(snap.plan(path).kind())
+        let snap = self.current.load();
+        Ok(snap.with_plan(path, |plan| plan.kind()))
     }
 
     /// Why the current snapshot does not use the bytecode VM, if it does not.
@@ -310,7 +311,7 @@ pub fn evaluate_in(
             // As a panic would, without the panic hook's message.
             std::panic::resume_unwind(Box::new("injected fault"));
         }
-        snap.plan(path).evaluate(snap, path, input, strict)
+        snap.with_plan(path, |plan| plan.evaluate(snap, path, input, strict))
     }))
     .unwrap_or_else(|panic| {
         let what = panic

@@ -165,10 +165,19 @@ fn defined(value: Value) -> Option<Value> {
     (value != Value::Undefined).then_some(value)
 }
 
+/// A VM of its own for one thread at a time. It gets a private copy of the program and of the
+/// data: regorus's values are reference counted, and the VM clones the `Arc<Program>` and the
+/// values it reads on every rule call, so VMs sharing them make every core write the same counters
+/// (the cache lines bounce between cores and two threads ran slower than one).
 fn new_vm(snap: &Snapshot, program: &Arc<Program>) -> std::result::Result<Box<RegoVM>, VmError> {
     let mut vm = Box::new(RegoVM::new());
-    vm.load_program(program.clone());
-    vm.set_data(snap.data().clone())?;
+    let mut own = Program::clone(program);
+    own.literals = own.literals.iter().map(deep_copy).collect();
+    vm.load_program(Arc::new(own));
+    // Large data is shared rather than copied per VM (memory, and the time to build a VM).
+    let mut budget = PRIVATE_DATA_NODES;
+    let data = bounded_copy(snap.data(), &mut budget).unwrap_or_else(|| snap.data().clone());
+    vm.set_data(data)?;
     // The time budget is the limit; the VM's own instruction cap (25,000 by default) would stop
     // ordinary loops over a few thousand items.
     vm.set_max_instructions(usize::MAX);
@@ -188,4 +197,57 @@ fn eval_error(path: &str, e: &anyhow::Error) -> Error {
         return Error::PolicyEvaluation(format!("evaluation of {path} stopped: {message}"));
     }
     Error::PolicyEvaluation(format!("evaluation of {path} failed: {message}"))
+}
+
+/// Data documents up to this many values get a private copy in every VM.
+const PRIVATE_DATA_NODES: usize = 50_000;
+
+/// [`deep_copy`] of `v` if it has at most `budget` values.
+fn bounded_copy(v: &Value, budget: &mut usize) -> Option<Value> {
+    *budget = budget.checked_sub(1)?;
+    Some(match v {
+        Value::String(s) => Value::String(s.as_ref().into()),
+        Value::Array(items) => Value::from(
+            items
+                .iter()
+                .map(|i| bounded_copy(i, budget))
+                .collect::<Option<Vec<_>>>()?,
+        ),
+        Value::Set(items) => Value::from(
+            items
+                .iter()
+                .map(|i| bounded_copy(i, budget))
+                .collect::<Option<std::collections::BTreeSet<_>>>()?,
+        ),
+        Value::Object(fields) => Value::from(
+            fields
+                .iter()
+                .map(|(k, v)| Some((bounded_copy(k, budget)?, bounded_copy(v, budget)?)))
+                .collect::<Option<std::collections::BTreeMap<_, _>>>()?,
+        ),
+        Value::Number(n) => Value::from(n.clone()),
+        other => other.clone(),
+    })
+}
+
+/// A copy of `v` that shares no reference-counted part with it.
+pub(super) fn deep_copy(v: &Value) -> Value {
+    match v {
+        Value::String(s) => Value::String(s.as_ref().into()),
+        Value::Array(items) => Value::from(items.iter().map(deep_copy).collect::<Vec<_>>()),
+        Value::Set(items) => Value::from(
+            items
+                .iter()
+                .map(deep_copy)
+                .collect::<std::collections::BTreeSet<_>>(),
+        ),
+        Value::Object(fields) => Value::from(
+            fields
+                .iter()
+                .map(|(k, v)| (deep_copy(k), deep_copy(v)))
+                .collect::<std::collections::BTreeMap<_, _>>(),
+        ),
+        Value::Number(n) => Value::from(n.clone()),
+        other => other.clone(),
+    }
 }

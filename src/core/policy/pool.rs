@@ -106,6 +106,8 @@ fn pool() -> Result<Arc<ThreadPool>> {
         ThreadPoolBuilder::new()
             .num_threads(n)
             .thread_name(|i| format!("{THREAD_NAME}-{i}"))
+            // Evaluations catch their own panics; anything else must not abort the process.
+            .panic_handler(|_| {})
             .build()
             .map_err(|e| Error::Internal(format!("cannot start the policy pool: {e}")))?,
     );

@@ -212,6 +212,18 @@ impl Snapshot {
         }
     }
 
+    /// Runs `f` with the plan of `path`, built and cached on first use, borrowed from the plan
+    /// table (no reference count is written on the hot path).
+    pub(super) fn with_plan<T>(&self, path: &str, f: impl FnOnce(&Plan) -> T) -> T {
+        {
+            let plans = self.plans.load();
+            if let Some(plan) = plans.get(path) {
+                return f(plan);
+            }
+        }
+        f(&self.plan(path))
+    }
+
     /// The plan of `path`, built and cached on first use. Two threads may both build it; one
     /// result is kept.
     pub(super) fn plan(&self, path: &str) -> Arc<Plan> {
