@@ -39,7 +39,7 @@ def backend(request: pytest.FixtureRequest) -> Backend:
     return cast(Backend, request.param)
 
 
-@pytest.fixture(params=["python"])
+@pytest.fixture(params=BACKENDS)
 def sidecar_backend(request: pytest.FixtureRequest) -> Backend:
     """The sidecar's backends: the Python path only until the native sidecar is built (then
     this becomes the ``backend`` fixture)."""

@@ -47,7 +47,7 @@ COMPONENTS: tuple[str, ...] = ("cache", "bucket", "tokens", "hashing", "policy",
 
 #: Components whose native implementation is not built yet, and what ``backend="rust"`` says:
 #: ``auto`` picks Python for them. Delete the entry once the extension provides the component.
-NATIVE_PENDING: dict[str, str] = {"sidecar": "the native sidecar is not built yet"}
+NATIVE_PENDING: dict[str, str] = {}
 
 _forced = os.environ.get(ENV_VAR, "").strip().lower()
 if _forced not in ("", "auto", "rust", "python"):

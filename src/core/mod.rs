@@ -4,6 +4,7 @@ pub mod cache;
 pub mod clock;
 pub mod error;
 pub mod hashing;
+pub mod ipc;
 pub mod policy;
 pub mod single_flight;
 pub mod tokens;

@@ -8,6 +8,7 @@ mod errors;
 mod gil;
 mod hashing;
 mod policy;
+mod sidecar;
 mod tokens;
 
 use pyo3::prelude::*;
@@ -81,6 +82,14 @@ fn sark_native_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(policy::_policy_pool_running, m)?)?;
     m.add_function(wrap_pyfunction!(policy::_policyd_serve, m)?)?;
     m.add_function(wrap_pyfunction!(policy::_inject_policy_faults, m)?)?;
+    m.add_class::<sidecar::PySidecarClient>()?;
+    m.add_class::<sidecar::Call>()?;
+    m.add_class::<sidecar::Readable>()?;
+    m.add_class::<sidecar::Writable>()?;
+    m.add_class::<sidecar::Expire>()?;
+    m.add_class::<sidecar::Done>()?;
+    m.add_function(wrap_pyfunction!(sidecar::_sidecar_metrics, m)?)?;
+    m.add_function(wrap_pyfunction!(sidecar::_sidecar_restarted, m)?)?;
     m.add_class::<tokens::PyEd25519Signer>()?;
     m.add_class::<tokens::PyKeySet>()?;
     m.add_function(wrap_pyfunction!(tokens::_token_metrics, m)?)?;

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from .. import _backend
 from .._backend import BackendChoice
 from .._fallback.sidecar import PySidecar, PySidecarClient
+from ..exceptions import BackendUnavailableError
 from ._protocol import DEFAULT_MAX_FRAME, MAX_DEPTH, PING
 from ._worker import serve, serve_async
 
@@ -44,7 +45,10 @@ def _native_class(name: str, backend: object) -> Any | None:
     ``BackendUnavailableError`` and ``"auto"`` picks Python.
     """
     if _backend.resolve("sidecar", backend) == "rust":
-        return getattr(_backend.native(), name)
+        cls = getattr(_backend.native(), name, None)
+        if cls is None and backend == "rust":
+            raise BackendUnavailableError(f"the native {name} is not built yet")
+        return cls
     return None
 
 
