@@ -432,12 +432,22 @@ def test_client_arguments_are_checked(sidecar_backend: Backend) -> None:
         sark_native.SidecarClient("/tmp/x.sock", backend="native")  # type: ignore[arg-type]
 
 
-def test_the_native_backend_is_not_built_yet() -> None:
-    with pytest.raises(BackendUnavailableError, match="not built yet"):
-        sark_native.SidecarClient("/tmp/x.sock", backend="rust")
-    with pytest.raises(BackendUnavailableError, match="not built yet"):
-        sark_native.Sidecar("sidecar_apps:Echo", backend="rust")
-    assert sark_native.backend_info()["components"]["sidecar"]["backend"] == "python"
+def test_backend_choice() -> None:
+    """``auto`` is the native path when the extension is loaded; ``python`` always works; an
+    unknown name is a ValueError; ``rust`` without the extension is BackendUnavailableError."""
+    auto = "rust" if sark_native.RUST_AVAILABLE else "python"
+    assert sark_native.SidecarClient("/tmp/x.sock").backend == auto
+    assert sark_native.Sidecar("sidecar_apps:Echo").backend == auto
+    assert sark_native.SidecarClient("/tmp/x.sock", backend="python").backend == "python"
+    assert sark_native.backend_info()["components"]["sidecar"]["backend"] == auto
+    for bad in ("tokio", "", None):
+        with pytest.raises(ValueError, match="backend"):
+            sark_native.SidecarClient("/tmp/x.sock", backend=bad)  # type: ignore[arg-type]
+    if not sark_native.RUST_AVAILABLE:
+        with pytest.raises(BackendUnavailableError):
+            sark_native.SidecarClient("/tmp/x.sock", backend="rust")
+        with pytest.raises(BackendUnavailableError):
+            sark_native.Sidecar("sidecar_apps:Echo", backend="rust")
 
 
 def test_a_client_binds_to_one_event_loop(sidecar_backend: Backend, worker: WorkerProcess) -> None:

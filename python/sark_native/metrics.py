@@ -181,8 +181,9 @@ def _policy_families(p: str) -> Iterator[Any]:
 
 
 def _sidecar_counters() -> Iterator[tuple[str, dict[str, Any]]]:
-    """``(implementation, counters)`` of the sidecar clients and supervisors of each backend
-    (the native sidecar is not built yet: only the Python path reports)."""
+    """``(implementation, counters)`` of the sidecar clients and supervisors of each backend."""
+    if _backend.RUST_AVAILABLE:
+        yield "rust", _backend.native()._sidecar_metrics()
     yield "python", _py_sidecar.sidecar_metrics()
 
 

@@ -90,6 +90,10 @@ fn sark_native_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<sidecar::Done>()?;
     m.add_function(wrap_pyfunction!(sidecar::_sidecar_metrics, m)?)?;
     m.add_function(wrap_pyfunction!(sidecar::_sidecar_restarted, m)?)?;
+    m.add_function(wrap_pyfunction!(sidecar::_sidecar_request_started, m)?)?;
+    m.add_function(wrap_pyfunction!(sidecar::_sidecar_request_finished, m)?)?;
+    m.add_class::<sidecar::PySidecarProcess>()?;
+    m.add_function(wrap_pyfunction!(sidecar::_spawn_sidecar_worker, m)?)?;
     m.add_class::<tokens::PyEd25519Signer>()?;
     m.add_class::<tokens::PyKeySet>()?;
     m.add_function(wrap_pyfunction!(tokens::_token_metrics, m)?)?;

@@ -191,7 +191,10 @@ impl Encoder {
 }
 
 /// `method` (a non-empty str of valid Unicode) and the request's encoded suffix.
-fn prepare(method: &Bound<'_, PyAny>, params: Option<&Bound<'_, PyAny>>) -> PyResult<(String, Vec<u8>)> {
+fn prepare(
+    method: &Bound<'_, PyAny>,
+    params: Option<&Bound<'_, PyAny>>,
+) -> PyResult<(String, Vec<u8>)> {
     let Ok(m) = method.cast::<PyString>() else {
         return Err(PyTypeError::new_err(format!(
             "method must be a str, not {}",
@@ -267,7 +270,11 @@ static GET_RUNNING_LOOP: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 fn protocol(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
     PROTOCOL
         .get_or_try_init(py, || {
-            Ok::<_, PyErr>(py.import("sark_native.sidecar._protocol")?.into_any().unbind())
+            Ok::<_, PyErr>(
+                py.import("sark_native.sidecar._protocol")?
+                    .into_any()
+                    .unbind(),
+            )
         })
         .map(|m| m.bind(py))
 }
@@ -351,18 +358,32 @@ impl PySidecarClient {
                     let fut = this.inner.lock().reqs.get(&id).map(|r| r.fut.clone_ref(py));
                     if let Some(fut) = fut {
                         let fut = fut.bind(py);
-                        if !fut.call_method0("done").and_then(|d| d.is_truthy()).unwrap_or(true) {
-                            let _ = fut.call_method1("set_exception", (failure_err(failure).into_value(py),));
+                        if !fut
+                            .call_method0("done")
+                            .and_then(|d| d.is_truthy())
+                            .unwrap_or(true)
+                        {
+                            let _ = fut.call_method1(
+                                "set_exception",
+                                (failure_err(failure).into_value(py),),
+                            );
                         }
                     }
                 }
                 Effect::Unsent(id) => {
                     let entry = this.inner.lock().reqs.get(&id).map(|r| {
-                        (r.fut.clone_ref(py), r.unsent.as_ref().map(|u| u.clone_ref(py)))
+                        (
+                            r.fut.clone_ref(py),
+                            r.unsent.as_ref().map(|u| u.clone_ref(py)),
+                        )
                     });
                     if let Some((fut, unsent)) = entry {
                         let fut = fut.bind(py);
-                        if !fut.call_method0("done").and_then(|d| d.is_truthy()).unwrap_or(true) {
+                        if !fut
+                            .call_method0("done")
+                            .and_then(|d| d.is_truthy())
+                            .unwrap_or(true)
+                        {
                             let value = unsent.unwrap_or_else(|| py.None());
                             let _ = fut.call_method1("set_result", (value,));
                         }
@@ -501,14 +522,21 @@ impl PySidecarClient {
                     Ok(r) => r,
                     Err(e) if e.is_instance_of::<SidecarProtocolError>(py) => {
                         let why = e.value(py).to_string();
-                        this.inner.lock().core.protocol_error(conn, &why, now(), &mut fx);
+                        this.inner
+                            .lock()
+                            .core
+                            .protocol_error(conn, &why, now(), &mut fx);
                         Self::apply(slf, std::mem::take(&mut fx));
                         break;
                     }
                     Err(e) => return Err(e),
                 };
                 let (id, ok, value): (u64, bool, Bound<'_, PyAny>) = response.extract()?;
-                let delivery = this.inner.lock().core.deliver(conn, id, !ok, now(), &mut fx);
+                let delivery = this
+                    .inner
+                    .lock()
+                    .core
+                    .deliver(conn, id, !ok, now(), &mut fx);
                 if delivery == Delivery::Awaited {
                     let fut = this.inner.lock().reqs.get(&id).map(|r| r.fut.clone_ref(py));
                     if let Some(fut) = fut {
@@ -636,6 +664,11 @@ impl PySidecarClient {
     /// Called (with no arguments) when the peer drops a connection.
     fn _set_on_lost(&self, hook: Option<Py<PyAny>>) {
         self.inner.lock().on_lost = hook;
+    }
+
+    /// Forgets the connect backoff (the supervisor, while a worker is starting).
+    fn _reset_backoff(&self) {
+        self.inner.lock().core.reset_backoff();
     }
 
     /// Fails every caller with `SidecarUnavailableError(message)`; `closing` also refuses new
@@ -771,7 +804,9 @@ impl Call {
         let fut = self.fut.bind(py);
         if fut.call_method0("done")?.is_truthy()? {
             let value = fut.call_method0("result")?;
-            return Err(pyo3::exceptions::PyStopIteration::new_err((value.unbind(),)));
+            return Err(pyo3::exceptions::PyStopIteration::new_err(
+                (value.unbind(),),
+            ));
         }
         fut.setattr("_asyncio_future_blocking", true)?;
         Ok(self.fut.clone_ref(py))
@@ -872,7 +907,12 @@ impl Expire {
     fn __call__(&self, py: Python<'_>) {
         let client = self.client.bind(py);
         let mut fx = Vec::new();
-        client.get().inner.lock().core.expire(self.id, now(), &mut fx);
+        client
+            .get()
+            .inner
+            .lock()
+            .core
+            .expire(self.id, now(), &mut fx);
         PySidecarClient::apply(client, fx);
     }
 }
@@ -903,7 +943,8 @@ impl Done {
     }
 }
 
-/// The sidecar counters of the native path.
+/// The sidecar counters of the native path, in the shape of the Python path's
+/// (`_fallback/sidecar.py::sidecar_metrics`).
 #[pyfunction]
 pub fn _sidecar_metrics(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     let s = metrics::snapshot();
@@ -916,14 +957,120 @@ pub fn _sidecar_metrics(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
         errors.set_item(kind, n)?;
     }
     d.set_item("errors", errors)?;
-    d.set_item("buckets", metrics::BUCKETS.to_vec())?;
-    d.set_item("bucket_counts", s.buckets)?;
-    d.set_item("sum_seconds", s.sum_seconds)?;
+    d.set_item("bounds", metrics::BUCKETS.to_vec())?;
+    d.set_item("buckets", s.buckets)?;
+    d.set_item("sum", s.sum_seconds)?;
     Ok(d)
+}
+
+/// The native supervisor's counting of its own requests (its clients' calls are not metered):
+/// `started` once per request; `finished(seconds, error_type)` once it ended.
+#[pyfunction]
+pub fn _sidecar_request_started() {
+    metrics::request_started();
+}
+
+#[pyfunction]
+#[pyo3(signature = (seconds, error_type = None))]
+pub fn _sidecar_request_finished(seconds: f64, error_type: Option<&str>) {
+    metrics::request_finished(
+        std::time::Duration::from_secs_f64(seconds.max(0.0)),
+        error_type,
+    );
 }
 
 /// Counts a worker restart of the native supervisor.
 #[pyfunction]
 pub fn _sidecar_restarted() {
     metrics::restarted();
+}
+
+// ----- worker processes -------------------------------------------------------------------------
+
+/// A worker process spawned natively (see `core::ipc::process`).
+#[pyclass(name = "SidecarProcess", module = "sark_native._native", frozen)]
+pub struct PySidecarProcess {
+    inner: std::sync::Arc<crate::core::ipc::process::Worker>,
+}
+
+#[pymethods]
+impl PySidecarProcess {
+    #[getter]
+    fn pid(&self) -> u32 {
+        self.inner.pid()
+    }
+
+    /// `None` while it runs; else the exit status, or minus the signal that killed it.
+    #[getter]
+    fn returncode(&self) -> Option<i32> {
+        self.inner.returncode()
+    }
+
+    fn poll(&self) -> Option<i32> {
+        self.inner.returncode()
+    }
+
+    /// Sends `sig` unless the process has exited.
+    fn send_signal(&self, sig: i32) {
+        self.inner.signal(sig);
+    }
+
+    fn close_stdin(&self) {
+        self.inner.close_stdin();
+    }
+
+    /// The last `lines` lines of its output.
+    #[pyo3(signature = (lines = 20))]
+    fn tail(&self, lines: usize) -> String {
+        self.inner.tail(lines)
+    }
+
+    /// Waits (GIL released) up to `timeout` seconds, forever with `None`; the returncode, or
+    /// `None` if it still runs.
+    #[pyo3(signature = (timeout = None))]
+    fn wait(&self, py: Python<'_>, timeout: Option<f64>) -> Option<i32> {
+        let worker = self.inner.clone();
+        let limit = timeout.map(|t| std::time::Duration::from_secs_f64(t.max(0.0)));
+        super::gil::detach(py, move || worker.wait(limit))
+    }
+}
+
+/// Spawns a worker process: `on_line(line)` is called for each line of its output and
+/// `on_exit(returncode)` once it exited, both from native threads (skipped once the interpreter
+/// is shutting down).
+#[pyfunction]
+#[pyo3(signature = (program, args, env, cwd, on_line, on_exit))]
+pub fn _spawn_sidecar_worker(
+    py: Python<'_>,
+    program: std::ffi::OsString,
+    args: Vec<std::ffi::OsString>,
+    env: Vec<(std::ffi::OsString, std::ffi::OsString)>,
+    cwd: Option<PathBuf>,
+    on_line: Py<PyAny>,
+    on_exit: Py<PyAny>,
+) -> PyResult<PySidecarProcess> {
+    use crate::core::ipc::process::{Spec, spawn};
+    let spec = Spec {
+        program,
+        args,
+        env,
+        cwd,
+    };
+    let line_hook = Box::new(move |line: &str| {
+        let _ = Python::try_attach(|py| {
+            if let Err(e) = on_line.bind(py).call1((line,)) {
+                e.write_unraisable(py, None);
+            }
+        });
+    });
+    let exit_hook = Box::new(move |code: i32| {
+        let _ = Python::try_attach(|py| {
+            if let Err(e) = on_exit.bind(py).call1((code,)) {
+                e.write_unraisable(py, None);
+            }
+        });
+    });
+    let worker = super::gil::detach(py, move || spawn(spec, line_hook, exit_hook))
+        .map_err(|e| SidecarUnavailableError::new_err(e.to_string()))?;
+    Ok(PySidecarProcess { inner: worker })
 }

@@ -139,6 +139,49 @@ def _counters() -> _Counters:
     return counters
 
 
+class _PyMeter:
+    """How a supervisor counts its requests and restarts on the Python path."""
+
+    @staticmethod
+    def start() -> None:
+        counters = _counters()
+        counters.requests += 1
+        counters.in_flight += 1
+
+    @staticmethod
+    def finish(seconds: float, exc: BaseException | None) -> None:
+        counters = _counters()
+        counters.in_flight -= 1
+        if isinstance(exc, SidecarError):
+            counters.error(exc)
+        counters.observe(seconds)
+
+    @staticmethod
+    def restart() -> None:
+        _counters().restarts += 1
+
+
+class _NativeMeter:
+    """The same on the native path: the counters are the extension's atomics."""
+
+    def __init__(self, native: Any) -> None:
+        self._started = native._sidecar_request_started
+        self._finished = native._sidecar_request_finished
+        self._restarted = native._sidecar_restarted
+
+    def start(self) -> None:
+        self._started()
+
+    def finish(self, seconds: float, exc: BaseException | None) -> None:
+        kind = None
+        if isinstance(exc, SidecarError):
+            kind = next((k for cls, k in _ERROR_KINDS if isinstance(exc, cls)), None)
+        self._finished(seconds, kind)
+
+    def restart(self) -> None:
+        self._restarted()
+
+
 def sidecar_metrics() -> dict[str, Any]:
     """The Python path's counters, summed over threads (the shape the Collector reads)."""
     with _counters_lock:
@@ -683,12 +726,42 @@ def _child_setup(parent: int) -> Callable[[], None] | None:
     return setup
 
 
+class _PopenHandle:
+    """A ``subprocess.Popen`` with the interface of the native ``SidecarProcess``."""
+
+    __slots__ = ("pid", "popen")
+
+    def __init__(self, popen: subprocess.Popen[bytes]) -> None:
+        self.popen = popen
+        self.pid = popen.pid
+
+    def poll(self) -> int | None:
+        return self.popen.poll()
+
+    def send_signal(self, sig: int) -> None:
+        if self.popen.returncode is None:
+            with contextlib.suppress(ProcessLookupError, OSError):
+                self.popen.send_signal(sig)
+
+    def close_stdin(self) -> None:
+        if self.popen.stdin is not None:
+            with contextlib.suppress(OSError):
+                self.popen.stdin.close()
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        try:
+            return self.popen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+
 class _Proc:
     """One worker process (an incarnation of a slot)."""
 
-    def __init__(self, popen: subprocess.Popen[bytes], client: PySidecarClient) -> None:
-        self.popen = popen
-        self.pid = popen.pid
+    def __init__(self, handle: Any, client: Any) -> None:
+        #: ``_PopenHandle`` (Python path) or the native ``SidecarProcess``.
+        self.handle = handle
+        self.pid: int = handle.pid
         self.client = client
         self.exited = asyncio.Event()
         #: Set on exit or suspicion: wakes the supervising task before its next ping.
@@ -705,14 +778,10 @@ class _Proc:
         return text[-4000:] if text else "(no output)"
 
     def close_stdin(self) -> None:
-        if self.popen.stdin is not None:
-            with contextlib.suppress(OSError):
-                self.popen.stdin.close()
+        self.handle.close_stdin()
 
     def signal(self, sig: int) -> None:
-        if self.popen.returncode is None:
-            with contextlib.suppress(ProcessLookupError, OSError):
-                self.popen.send_signal(sig)
+        self.handle.send_signal(sig)
 
 
 class _Slot:
@@ -773,7 +842,19 @@ class PySidecar:
         max_frame: int = DEFAULT_MAX_FRAME,
         connections: int = 1,
         max_in_flight: int = 1024,
+        backend: str = "python",
     ) -> None:
+        if backend not in ("python", "rust"):
+            raise ValueError(f"backend must be 'python' or 'rust', not {backend!r}")
+        #: The extension when the workers are spawned natively and served by native clients.
+        self._native: Any = None
+        self._meter: Any = _PyMeter()
+        if backend == "rust":
+            from .. import _backend
+
+            self._native = _backend.native()
+            self._meter = _NativeMeter(self._native)
+        self.backend = backend
         if not isinstance(app, str):
             raise TypeError(f"app must be a 'module:attr' str, not {type(app).__name__}")
         module, sep, attr = app.partition(":")
@@ -811,7 +892,7 @@ class PySidecar:
         self._any_live: asyncio.Event | None = None
 
     def __repr__(self) -> str:
-        return f"Sidecar({self.app!r}, workers={self.workers}, backend='python')"
+        return f"Sidecar({self.app!r}, workers={self.workers}, backend={self.backend!r})"
 
     # --- introspection --------------------------------------------------------------------------
 
@@ -821,7 +902,7 @@ class PySidecar:
         return [
             s.proc.pid
             for s in self._slots
-            if s.proc is not None and s.proc.returncode is None and s.proc.popen.poll() is None
+            if s.proc is not None and s.proc.returncode is None and s.proc.handle.poll() is None
         ]
 
     @property
@@ -982,12 +1063,9 @@ class PySidecar:
             proc.close_stdin()
         deadline = time.monotonic() + self.grace_period + KILL_MARGIN
         for proc in procs:
-            try:
-                proc.popen.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
+            if proc.handle.wait(max(0.0, deadline - time.monotonic())) is None:
                 proc.signal(signal.SIGKILL)
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.popen.wait(timeout=KILL_WAIT)
+                proc.handle.wait(KILL_WAIT)
         loop = self._loop
         for slot in self._slots:
             slot.live = False
@@ -1012,25 +1090,33 @@ class PySidecar:
         no connection of the chosen worker could take (the worker just died, and nothing was
         sent) goes to another live worker, or waits for a restarted one.
         """
-        prepared = prepare_request(method, params)
+        native = self._native is not None
+        # The native client validates while it encodes; the Python path validates here (and so
+        # does the native path when the request has to wait for a live worker first).
+        prepared = _PING if native else prepare_request(method, params)
         seconds = self.timeout if timeout is None else check_positive(timeout, "timeout")
         loop = self._bind()
         if not self._started:
             raise RuntimeError("start the Sidecar first (await sidecar.start() or async with)")
         deadline = loop.time() + seconds
-        counters = _counters()
-        counters.requests += 1
-        counters.in_flight += 1
+        meter = self._meter
+        meter.start()
         started = time.perf_counter()
+        failure: BaseException | None = None
         try:
             while True:
-                slot = self._pick() or await self._wait_live(loop, deadline, seconds)
+                slot = self._pick()
+                if slot is None:
+                    if native:
+                        prepare_request(method, params)
+                    slot = await self._wait_live(loop, deadline, seconds)
                 proc = slot.proc
                 assert proc is not None
                 slot.in_flight += 1
                 try:
-                    result = await proc.client._call(
-                        prepared, max(deadline - loop.time(), 1e-3), metered=False, unsent_ok=True
+                    remaining = max(deadline - loop.time(), 1e-3)
+                    result = await self._call(
+                        proc, method, params, prepared, remaining, unsent_ok=True
                     )
                 finally:
                     slot.in_flight -= 1
@@ -1041,12 +1127,11 @@ class PySidecar:
                     raise SidecarUnavailableError(
                         f"sidecar worker {slot.index} (pid {proc.pid}) cannot take requests"
                     )
-        except SidecarError as exc:
-            counters.error(exc)
+        except BaseException as exc:
+            failure = exc
             raise
         finally:
-            counters.in_flight -= 1
-            counters.observe(time.perf_counter() - started)
+            meter.finish(time.perf_counter() - started, failure)
 
     def _pick(self) -> _Slot | None:
         slots = self._slots
@@ -1111,7 +1196,9 @@ class PySidecar:
         return env
 
     def _spawn(self, slot: _Slot) -> _Proc:
-        """Starts a worker for ``slot`` (stdin a pipe, output captured)."""
+        """Starts a worker for ``slot`` (stdin a pipe, output captured): natively on the Rust
+        path (``core::ipc::process``: spawned from one long-lived thread, reaped by another),
+        with ``subprocess`` on the Python path."""
         with contextlib.suppress(FileNotFoundError):
             os.unlink(slot.path)  # a socket left by a killed worker
         cmd = [
@@ -1127,6 +1214,39 @@ class PySidecar:
             repr(self.grace_period),
             "--watch-stdin",
         ]
+        options: dict[str, Any] = {
+            "timeout": self.timeout,
+            "max_frame": self.max_frame,
+            "connections": self.connections,
+            "max_in_flight": self.max_in_flight,
+        }
+        loop = self._loop
+        assert loop is not None
+        if self._native is not None:
+            native = self._native
+            box: list[_Proc] = []
+
+            def on_line(line: str) -> None:
+                if box:
+                    box[0].output.append(line)
+                    logger.info("sidecar worker %d (pid %d): %s", slot.index, box[0].pid, line)
+
+            def on_exit(code: int) -> None:
+                with contextlib.suppress(RuntimeError):  # the loop is closed (interpreter exit)
+                    loop.call_soon_threadsafe(self._on_exit, slot, box[0], code)
+
+            try:
+                handle = native._spawn_sidecar_worker(
+                    cmd[0], cmd[1:], list(self._child_env().items()), self.cwd, on_line, on_exit
+                )
+            except SidecarUnavailableError:
+                raise
+            client: Any = native.SidecarClient(slot.path, **options)
+            proc = _Proc(handle, client)
+            box.append(proc)
+            client._set_on_lost(lambda: self._suspect(slot, proc))
+            slot.proc = proc
+            return proc
         read_fd, write_fd = os.pipe()
         try:
             popen = subprocess.Popen(
@@ -1144,18 +1264,10 @@ class PySidecar:
             raise SidecarUnavailableError(f"cannot start a worker ({cmd[0]}): {exc}") from exc
         finally:
             os.close(write_fd)
-        client = PySidecarClient(
-            slot.path,
-            timeout=self.timeout,
-            max_frame=self.max_frame,
-            connections=self.connections,
-            max_in_flight=self.max_in_flight,
-        )
-        proc = _Proc(popen, client)
-        client._on_lost = lambda: self._suspect(slot, proc)
+        py_client = PySidecarClient(slot.path, **options)
+        proc = _Proc(_PopenHandle(popen), py_client)
+        py_client._on_lost = lambda: self._suspect(slot, proc)
         slot.proc = proc
-        loop = self._loop
-        assert loop is not None
         threading.Thread(
             target=_read_output,
             args=(read_fd, proc, slot.index),
@@ -1172,9 +1284,35 @@ class PySidecar:
 
     def _wait_exit(self, loop: asyncio.AbstractEventLoop, slot: _Slot, proc: _Proc) -> None:
         """On a thread: reaps the worker, then tells the loop at once."""
-        code = proc.popen.wait()
+        code = proc.handle.wait()
         with contextlib.suppress(RuntimeError):  # the loop is closed (interpreter exit)
             loop.call_soon_threadsafe(self._on_exit, slot, proc, code)
+
+    def _call(
+        self,
+        proc: _Proc,
+        method: str,
+        params: Any,
+        prepared: PreparedRequest,
+        timeout: float,
+        *,
+        bounded: bool = True,
+        unsent_ok: bool = False,
+    ) -> Any:
+        """The worker client's request, unmetered (the supervisor counts its own), on either
+        client: an awaitable."""
+        if self._native is not None:
+            return proc.client._call(
+                method,
+                params,
+                timeout,
+                bounded=bounded,
+                metered=False,
+                unsent=UNSENT if unsent_ok else None,
+            )
+        return proc.client._call(
+            prepared, timeout, bounded=bounded, metered=False, unsent_ok=unsent_ok
+        )
 
     def _on_exit(self, slot: _Slot, proc: _Proc, code: int) -> None:
         proc.returncode = code
@@ -1224,11 +1362,8 @@ class PySidecar:
                 )
             if os.path.exists(slot.path):  # noqa: ASYNC240 - one stat of a local socket file
                 try:
-                    await proc.client._call(
-                        _PING,
-                        min(self.ping_timeout, remaining),
-                        bounded=False,
-                        metered=False,
+                    await self._call(
+                        proc, PING, None, _PING, min(self.ping_timeout, remaining), bounded=False
                     )
                 except SidecarError:
                     proc.client._reset_backoff()
@@ -1277,9 +1412,7 @@ class PySidecar:
                     await asyncio.wait_for(proc.exited.wait(), 0.5)
                     return None
             try:
-                info = await proc.client._call(
-                    _PING, self.ping_timeout, bounded=False, metered=False
-                )
+                info = await self._call(proc, PING, None, _PING, self.ping_timeout, bounded=False)
             except SidecarTimeoutError:
                 return f"no answer to a ping within {self.ping_timeout:g} s"
             except SidecarError as exc:
@@ -1332,7 +1465,7 @@ class PySidecar:
                 return
             self._restarts += 1
             slot.restarts += 1
-            _counters().restarts += 1
+            self._meter.restart()
             try:
                 self._spawn(slot)
                 await self._wait_ready(slot)

@@ -136,11 +136,10 @@ class Sidecar(metaclass=ABCMeta):  # noqa: B024 - a virtual base: both backends 
             "connections": connections,
             "max_in_flight": max_in_flight,
         }
-        native = _native_class("Sidecar", backend)
-        if native is not None:
-            sidecar: Sidecar = native(app, **options)
-            return sidecar
-        return PySidecar(app, **options)  # type: ignore[return-value]
+        # One supervision policy (PySidecar) for both paths; on the Rust path the workers are
+        # spawned, watched and reaped natively and served by the native client.
+        chosen = _backend.resolve("sidecar", backend)
+        return PySidecar(app, backend=chosen, **options)  # type: ignore[return-value]
 
     if TYPE_CHECKING:
         app: str

@@ -223,6 +223,12 @@ impl ClientCore {
         }
     }
 
+    /// Forgets the connect backoff: the next request connects at once.
+    pub fn reset_backoff(&mut self) {
+        self.failures = 0;
+        self.retry_at = 0.0;
+    }
+
     pub fn options(&self) -> &Options {
         &self.opts
     }
@@ -377,10 +383,12 @@ impl ClientCore {
             .iter()
             .min_by_key(|c| c.pending.len() + c.waiting.len())?;
         let (best_id, busy) = (best.id, !best.pending.is_empty());
-        if busy && self.conns.len() < self.opts.connections && now >= self.retry_at {
-            if let Ok(extra) = self.connect(now, fx) {
-                return Some(extra);
-            }
+        if busy
+            && self.conns.len() < self.opts.connections
+            && now >= self.retry_at
+            && let Ok(extra) = self.connect(now, fx)
+        {
+            return Some(extra);
         }
         Some(best_id)
     }
@@ -636,19 +644,21 @@ impl ClientCore {
         if closing {
             let waiting: Vec<ReqId> = self.reqs.keys().copied().collect();
             for id in waiting {
-                self.finish(
-                    id,
-                    Some(Failure::Unavailable(message.to_string())),
-                    now,
-                    fx,
-                );
+                self.finish(id, Some(Failure::Unavailable(message.to_string())), now, fx);
             }
         }
     }
 
     /// Drops connection `idx`: its callers (sent, and waiting for its buffer) fail with
     /// `failure`; `lost`: the peer is gone (the supervisor hears of it).
-    fn drop_conn(&mut self, idx: usize, failure: Failure, lost: bool, now: f64, fx: &mut Vec<Effect>) {
+    fn drop_conn(
+        &mut self,
+        idx: usize,
+        failure: Failure,
+        lost: bool,
+        now: f64,
+        fx: &mut Vec<Effect>,
+    ) {
         let conn = self.conns.swap_remove(idx);
         if lost {
             fx.push(Effect::Lost);

@@ -130,7 +130,11 @@ pub fn push_json_string(out: &mut Vec<u8>, s: &str) {
 /// positional between 1e-4 and 1e16 (with `.0` when integral), else `1.5e+16` / `1e-05`.
 pub fn push_py_float(out: &mut Vec<u8>, f: f64) {
     if f == 0.0 {
-        out.extend_from_slice(if f.is_sign_negative() { b"-0.0" } else { b"0.0" });
+        out.extend_from_slice(if f.is_sign_negative() {
+            b"-0.0"
+        } else {
+            b"0.0"
+        });
         return;
     }
     // `{:e}` gives the shortest round-trip digits: "-1.2345e-7".

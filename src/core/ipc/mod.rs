@@ -4,3 +4,4 @@
 pub mod client;
 pub mod codec;
 pub mod metrics;
+pub mod process;
