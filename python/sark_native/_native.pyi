@@ -7,9 +7,8 @@ from typing import Any, final
 __all__ = [
     "MAX_TOKEN_SIZE",
     "Cache",
-    "Done",
     "Ed25519Signer",
-    "Expire",
+    "Flush",
     "KeySet",
     "PasswordHasher",
     "PolicyEngine",
@@ -18,6 +17,7 @@ __all__ = [
     "SidecarCall",
     "SidecarClient",
     "SidecarProcess",
+    "Tick",
     "Writable",
     "_Resolve",
     "__version__",
@@ -364,11 +364,11 @@ class Writable:
     def __call__(self, *args: Any, **kwargs: Any) -> None: ...
 
 @final
-class Expire:
+class Tick:
     def __call__(self, *args: Any, **kwargs: Any) -> None: ...
 
 @final
-class Done:
+class Flush:
     def __call__(self, *args: Any, **kwargs: Any) -> None: ...
 
 @final

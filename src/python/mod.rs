@@ -86,8 +86,8 @@ fn sark_native_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<sidecar::Call>()?;
     m.add_class::<sidecar::Readable>()?;
     m.add_class::<sidecar::Writable>()?;
-    m.add_class::<sidecar::Expire>()?;
-    m.add_class::<sidecar::Done>()?;
+    m.add_class::<sidecar::Tick>()?;
+    m.add_class::<sidecar::Flush>()?;
     m.add_function(wrap_pyfunction!(sidecar::_sidecar_metrics, m)?)?;
     m.add_function(wrap_pyfunction!(sidecar::_sidecar_restarted, m)?)?;
     m.add_function(wrap_pyfunction!(sidecar::_sidecar_request_started, m)?)?;

@@ -287,11 +287,72 @@ fn failure_err(f: Failure) -> PyErr {
     }
 }
 
+static DECODE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+type Answer<'py> = Result<Bound<'py, PyAny>, (String, String)>;
+
+/// A response frame's id and answer, or why it is not a valid response (the messages of
+/// `_protocol.decode_frame` and `parse_response`). The JSON is decoded by the protocol module's
+/// decoder (`json.loads` refusing NaN/Infinity): results come back as the Python client's do.
+fn decode_response<'py>(py: Python<'py>, body: &[u8]) -> Result<(u64, Answer<'py>), String> {
+    let text = std::str::from_utf8(body).map_err(|e| format!("frame is not valid UTF-8: {e}"))?;
+    let decode = DECODE
+        .get_or_try_init(py, || -> PyResult<Py<PyAny>> {
+            Ok(protocol(py)?.getattr("_decode")?.unbind())
+        })
+        .map_err(|e| e.to_string())?
+        .bind(py);
+    let message = decode
+        .call1((text,))
+        .map_err(|e| format!("frame is not valid JSON: {}", e.value(py)))?;
+    let Ok(fields) = message.cast::<PyDict>() else {
+        return Err(format!(
+            "a response must be a JSON object, got {}",
+            type_name(&message)
+        ));
+    };
+    let raw_id = fields.get_item("id").ok().flatten();
+    let id = raw_id
+        .as_ref()
+        .filter(|v| v.cast::<PyBool>().is_err())
+        .and_then(|v| v.extract::<u64>().ok())
+        .ok_or_else(|| {
+            let shown = raw_id.as_ref().map_or_else(|| "None".into(), repr_of);
+            format!("id must be an integer in 0..2**64-1, got {shown}")
+        })?;
+    let result = fields.get_item("result").ok().flatten();
+    let has_error = fields.contains("error").unwrap_or(false);
+    if result.is_some() == has_error {
+        return Err(format!(
+            "response {id} must have exactly one of 'result' and 'error'"
+        ));
+    }
+    if let Some(value) = result {
+        return Ok((id, Ok(value)));
+    }
+    let error = fields.get_item("error").ok().flatten();
+    let pair = error
+        .as_ref()
+        .and_then(|e| e.cast::<PyDict>().ok())
+        .and_then(|e| {
+            let kind = e.get_item("type").ok().flatten()?;
+            let text = e.get_item("message").ok().flatten()?;
+            let kind = kind.cast::<PyString>().ok()?.to_cow().ok()?.into_owned();
+            let text = text.cast::<PyString>().ok()?.to_cow().ok()?.into_owned();
+            Some((kind, text))
+        });
+    match pair {
+        Some(pair) => Ok((id, Err(pair))),
+        None => Err(format!(
+            "response {id}: 'error' must be {{\"type\": str, \"message\": str}}"
+        )),
+    }
+}
+
 // ----- the client -------------------------------------------------------------------------------
 
 struct PyReq {
     fut: Py<PyAny>,
-    timer: Option<Py<PyAny>>,
     unsent: Option<Py<PyAny>>,
 }
 
@@ -300,6 +361,8 @@ struct Inner {
     loop_: Option<Py<PyAny>>,
     reqs: HashMap<ReqId, PyReq>,
     on_lost: Option<Py<PyAny>>,
+    /// The one loop timer of the client (for the earliest deadline) and when it fires.
+    timer: Option<(Py<PyAny>, f64)>,
 }
 
 /// A client of one sidecar worker socket (see `docs/sidecar.md`).
@@ -355,37 +418,62 @@ impl PySidecarClient {
         for effect in effects {
             match effect {
                 Effect::Fail(id, failure) => {
-                    let fut = this.inner.lock().reqs.get(&id).map(|r| r.fut.clone_ref(py));
-                    if let Some(fut) = fut {
-                        let fut = fut.bind(py);
+                    let entry = this.inner.lock().reqs.remove(&id);
+                    if let Some(entry) = entry {
+                        let fut = entry.fut.bind(py);
                         if !fut
                             .call_method0("done")
                             .and_then(|d| d.is_truthy())
                             .unwrap_or(true)
                         {
-                            let _ = fut.call_method1(
-                                "set_exception",
-                                (failure_err(failure).into_value(py),),
-                            );
+                            let exc = failure_err(failure).into_value(py);
+                            let _ = fut.call_method1("set_exception", (exc,));
                         }
                     }
                 }
                 Effect::Unsent(id) => {
-                    let entry = this.inner.lock().reqs.get(&id).map(|r| {
-                        (
-                            r.fut.clone_ref(py),
-                            r.unsent.as_ref().map(|u| u.clone_ref(py)),
-                        )
-                    });
-                    if let Some((fut, unsent)) = entry {
-                        let fut = fut.bind(py);
+                    let entry = this.inner.lock().reqs.remove(&id);
+                    if let Some(entry) = entry {
+                        let fut = entry.fut.bind(py);
                         if !fut
                             .call_method0("done")
                             .and_then(|d| d.is_truthy())
                             .unwrap_or(true)
                         {
-                            let value = unsent.unwrap_or_else(|| py.None());
+                            let value = entry.unsent.unwrap_or_else(|| py.None());
                             let _ = fut.call_method1("set_result", (value,));
+                        }
+                    }
+                }
+                Effect::Arm(when) => {
+                    let Some(l) = &event_loop else { continue };
+                    let stale = {
+                        let inner = this.inner.lock();
+                        match &inner.timer {
+                            Some((_, armed)) if *armed <= when => None,
+                            Some((handle, _)) => Some(Some(handle.clone_ref(py))),
+                            None => Some(None),
+                        }
+                    };
+                    let Some(old) = stale else { continue };
+                    if let Some(old) = old {
+                        let _ = old.bind(py).call_method0("cancel");
+                    }
+                    let tick = Tick {
+                        client: slf.clone().unbind(),
+                    };
+                    match l.call_method1("call_later", ((when - now()).max(0.0), tick)) {
+                        Ok(handle) => this.inner.lock().timer = Some((handle.unbind(), when)),
+                        Err(e) => e.write_unraisable(py, None),
+                    }
+                }
+                Effect::Flush => {
+                    if let Some(l) = &event_loop {
+                        let cb = Flush {
+                            client: slf.clone().unbind(),
+                        };
+                        if let Err(e) = l.call_method1("call_soon", (cb,)) {
+                            e.write_unraisable(py, None);
                         }
                     }
                 }
@@ -464,29 +552,17 @@ impl PySidecarClient {
                 if let Some(u) = unsent {
                     let fut = event_loop.call_method0("create_future")?;
                     fut.call_method1("set_result", (u,))?;
-                    return Ok(fut);
+                    let call = Call {
+                        client: slf.clone().unbind(),
+                        id: 0, // never issued: forgetting it is a no-op
+                        fut: fut.unbind(),
+                    };
+                    return Ok(Bound::new(py, call)?.into_any());
                 }
                 return Err(SidecarUnavailableError::new_err(m));
             }
         };
         let fut = event_loop.call_method0("create_future")?;
-        let timer = event_loop.call_method1(
-            "call_later",
-            (
-                timeout,
-                Expire {
-                    client: slf.clone().unbind(),
-                    id,
-                },
-            ),
-        )?;
-        fut.call_method1(
-            "add_done_callback",
-            (Done {
-                client: slf.clone().unbind(),
-                id,
-            },),
-        )?;
         let mut fx = Vec::new();
         {
             let mut inner = this.inner.lock();
@@ -494,14 +570,30 @@ impl PySidecarClient {
                 id,
                 PyReq {
                     fut: fut.clone().unbind(),
-                    timer: Some(timer.unbind()),
                     unsent,
                 },
             );
             inner.core.start(id, now(), &mut fx);
         }
         Self::apply(slf, fx);
-        Ok(fut)
+        let call = Call {
+            client: slf.clone().unbind(),
+            id,
+            fut: fut.unbind(),
+        };
+        Ok(Bound::new(py, call)?.into_any())
+    }
+
+    /// The caller stopped waiting for request `id` (its task was cancelled): forget it.
+    fn forget(slf: &Bound<'_, Self>, id: ReqId) {
+        let this = slf.get();
+        let mut fx = Vec::new();
+        {
+            let mut inner = this.inner.lock();
+            inner.reqs.remove(&id);
+            inner.core.cancel(id, now(), &mut fx);
+        }
+        Self::apply(slf, fx);
     }
 
     fn on_readable(slf: &Bound<'_, Self>, conn: ConnId) -> PyResult<()> {
@@ -510,52 +602,45 @@ impl PySidecarClient {
         let mut fx = Vec::new();
         let frames = this.inner.lock().core.on_readable(conn, now(), &mut fx);
         Self::apply(slf, std::mem::take(&mut fx));
-        if !frames.is_empty() {
-            let proto = protocol(py)?;
-            let decode = proto.getattr("decode_frame")?;
-            let parse = proto.getattr("parse_response")?;
-            for body in frames {
-                let parsed = decode
-                    .call1((pyo3::types::PyBytes::new(py, &body),))
-                    .and_then(|msg| parse.call1((msg,)));
-                let response = match parsed {
-                    Ok(r) => r,
-                    Err(e) if e.is_instance_of::<SidecarProtocolError>(py) => {
-                        let why = e.value(py).to_string();
-                        this.inner
-                            .lock()
-                            .core
-                            .protocol_error(conn, &why, now(), &mut fx);
-                        Self::apply(slf, std::mem::take(&mut fx));
-                        break;
-                    }
-                    Err(e) => return Err(e),
-                };
-                let (id, ok, value): (u64, bool, Bound<'_, PyAny>) = response.extract()?;
-                let delivery = this
-                    .inner
-                    .lock()
+        for body in frames {
+            let (id, answer) = match decode_response(py, &body) {
+                Ok(parsed) => parsed,
+                Err(why) => {
+                    this.inner
+                        .lock()
+                        .core
+                        .protocol_error(conn, &why, now(), &mut fx);
+                    Self::apply(slf, std::mem::take(&mut fx));
+                    break;
+                }
+            };
+            let (delivery, entry) = {
+                let mut inner = this.inner.lock();
+                let delivery = inner
                     .core
-                    .deliver(conn, id, !ok, now(), &mut fx);
-                if delivery == Delivery::Awaited {
-                    let fut = this.inner.lock().reqs.get(&id).map(|r| r.fut.clone_ref(py));
-                    if let Some(fut) = fut {
-                        let fut = fut.bind(py);
-                        if !fut.call_method0("done")?.is_truthy()? {
-                            if ok {
-                                fut.call_method1("set_result", (value,))?;
-                            } else {
-                                let (kind, message): (String, String) = value.extract()?;
-                                let exc = SidecarRemoteError::new_err((kind, message));
-                                fut.call_method1("set_exception", (exc.into_value(py),))?;
-                            }
+                    .deliver(conn, id, answer.is_err(), now(), &mut fx);
+                let entry = (delivery == Delivery::Awaited)
+                    .then(|| inner.reqs.remove(&id))
+                    .flatten();
+                (delivery, entry)
+            };
+            if let Some(entry) = entry {
+                let fut = entry.fut.bind(py);
+                if !fut.call_method0("done")?.is_truthy()? {
+                    match answer {
+                        Ok(value) => {
+                            fut.call_method1("set_result", (value,))?;
+                        }
+                        Err((kind, message)) => {
+                            let exc = SidecarRemoteError::new_err((kind, message));
+                            fut.call_method1("set_exception", (exc.into_value(py),))?;
                         }
                     }
                 }
-                Self::apply(slf, std::mem::take(&mut fx));
-                if delivery == Delivery::NeverIssued {
-                    break;
-                }
+            }
+            Self::apply(slf, std::mem::take(&mut fx));
+            if delivery == Delivery::NeverIssued {
+                break;
             }
         }
         this.inner.lock().core.finish_read(now(), &mut fx);
@@ -616,6 +701,7 @@ impl PySidecarClient {
                 loop_: None,
                 reqs: HashMap::new(),
                 on_lost: None,
+                timer: None,
             }),
             socket_path: path,
             timeout,
@@ -639,8 +725,7 @@ impl PySidecarClient {
             Some(t) if !t.is_none() => positive(t, "timeout")?,
             _ => slf.get().timeout,
         };
-        let fut = Self::submit(slf, &name, &suffix, seconds, true, true, None)?;
-        Bound::new(slf.py(), Call { fut: fut.unbind() }).map(|c| c.into_any())
+        Self::submit(slf, &name, &suffix, seconds, true, true, None)
     }
 
     /// The supervisor's request: `bounded=False` takes no in-flight slot (pings), `metered=False`
@@ -657,8 +742,7 @@ impl PySidecarClient {
         unsent: Option<Py<PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let (name, suffix) = prepare(method, params.filter(|p| !p.is_none()))?;
-        let fut = Self::submit(slf, &name, &suffix, timeout, bounded, metered, unsent)?;
-        Bound::new(slf.py(), Call { fut: fut.unbind() }).map(|c| c.into_any())
+        Self::submit(slf, &name, &suffix, timeout, bounded, metered, unsent)
     }
 
     /// Called (with no arguments) when the peer drops a connection.
@@ -688,6 +772,10 @@ impl PySidecarClient {
     fn close(slf: &Bound<'_, Self>) {
         let message = slf.get().inner.lock().core.close_message().to_string();
         Self::_abort(slf, &message, true);
+        let timer = slf.get().inner.lock().timer.take();
+        if let Some((handle, _)) = timer {
+            let _ = handle.bind(slf.py()).call_method0("cancel");
+        }
     }
 
     /// `close()`; the sockets are closed when it returns, so the awaitable is already done.
@@ -796,6 +884,8 @@ impl PySidecarClient {
 /// future to the task, which resumes it when the answer (or failure) is in.
 #[pyclass(name = "SidecarCall", module = "sark_native._native", frozen)]
 pub struct Call {
+    client: Py<PySidecarClient>,
+    id: ReqId,
     fut: Py<PyAny>,
 }
 
@@ -803,6 +893,11 @@ impl Call {
     fn step(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         let fut = self.fut.bind(py);
         if fut.call_method0("done")?.is_truthy()? {
+            if fut.call_method0("cancelled")?.is_truthy()? {
+                // The awaiting task was cancelled: the request is forgotten (its slot freed, a
+                // late answer dropped).
+                PySidecarClient::forget(self.client.bind(py), self.id);
+            }
             let value = fut.call_method0("result")?;
             return Err(pyo3::exceptions::PyStopIteration::new_err(
                 (value.unbind(),),
@@ -843,6 +938,7 @@ impl Call {
         _tb: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Py<PyAny>> {
         self.fut.bind(py).call_method0("cancel")?;
+        PySidecarClient::forget(self.client.bind(py), self.id);
         let exc = match val {
             Some(v) if !v.is_none() => v.clone(),
             _ if typ.is_instance_of::<pyo3::types::PyType>() => typ.call0()?,
@@ -852,7 +948,9 @@ impl Call {
     }
 
     fn close(&self, py: Python<'_>) -> PyResult<()> {
-        self.fut.bind(py).call_method0("cancel")?;
+        if self.fut.bind(py).call_method0("cancel")?.is_truthy()? {
+            PySidecarClient::forget(self.client.bind(py), self.id);
+        }
         Ok(())
     }
 }
@@ -895,51 +993,39 @@ impl Writable {
     }
 }
 
-/// `loop.call_later` callback: a request's time is up.
+/// `loop.call_later` callback: the earliest deadline of the client's requests has come.
 #[pyclass(module = "sark_native._native", frozen)]
-pub struct Expire {
+pub struct Tick {
     client: Py<PySidecarClient>,
-    id: ReqId,
 }
 
 #[pymethods]
-impl Expire {
+impl Tick {
     fn __call__(&self, py: Python<'_>) {
         let client = self.client.bind(py);
         let mut fx = Vec::new();
-        client
-            .get()
-            .inner
-            .lock()
-            .core
-            .expire(self.id, now(), &mut fx);
+        {
+            let mut inner = client.get().inner.lock();
+            inner.timer = None;
+            inner.core.expire_due(now(), &mut fx);
+        }
         PySidecarClient::apply(client, fx);
     }
 }
 
-/// `add_done_callback` of a request's future: forgets it, cancels its timer, and releases what a
-/// cancelled caller held.
+/// `loop.call_soon` callback: writes what the requests of this step buffered.
 #[pyclass(module = "sark_native._native", frozen)]
-pub struct Done {
+pub struct Flush {
     client: Py<PySidecarClient>,
-    id: ReqId,
 }
 
 #[pymethods]
-impl Done {
-    fn __call__(&self, py: Python<'_>, fut: &Bound<'_, PyAny>) -> PyResult<()> {
+impl Flush {
+    fn __call__(&self, py: Python<'_>) {
         let client = self.client.bind(py);
-        let this = client.get();
-        let entry = this.inner.lock().reqs.remove(&self.id);
-        if let Some(timer) = entry.and_then(|e| e.timer) {
-            timer.bind(py).call_method0("cancel")?;
-        }
-        if fut.call_method0("cancelled")?.is_truthy()? {
-            let mut fx = Vec::new();
-            this.inner.lock().core.cancel(self.id, now(), &mut fx);
-            PySidecarClient::apply(client, fx);
-        }
-        Ok(())
+        let mut fx = Vec::new();
+        client.get().inner.lock().core.flush(now(), &mut fx);
+        PySidecarClient::apply(client, fx);
     }
 }
 

@@ -9,7 +9,8 @@
 //! futures, watching sockets). Responses are decoded by the caller (they become Python objects),
 //! which then reports each one with [`ClientCore::deliver`]. Messages follow `docs/sidecar.md`.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::io::{self, ErrorKind, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
@@ -63,6 +64,12 @@ pub enum Effect {
     Unwatch(ConnId, RawFd, Option<UnixStream>),
     /// The peer dropped a connection (the supervisor's hint that the worker may be dying).
     Lost,
+    /// Call [`ClientCore::expire_due`] at this monotonic time (seconds), unless a timer is
+    /// already set for an earlier one.
+    Arm(f64),
+    /// Call [`ClientCore::flush`] once the caller's current step is over (requests written in
+    /// one step of the event loop go out in one write).
+    Flush,
 }
 
 /// What became of a response's id.
@@ -97,6 +104,7 @@ struct Req {
     unsent_ok: bool,
     metered: bool,
     started: Instant,
+    deadline: f64,
 }
 
 #[derive(Debug)]
@@ -139,6 +147,18 @@ pub struct ClientCore {
     /// A connection the peer closed during [`ClientCore::on_readable`], dropped by
     /// [`ClientCore::finish_read`] once the answers that came before the close are delivered.
     pending_close: Option<(ConnId, String)>,
+    /// Deadlines of the requests, earliest first (entries of finished requests are skipped when
+    /// they come up): one loop timer serves them all.
+    deadlines: BinaryHeap<Reverse<(Deadline, ReqId)>>,
+    /// A flush is scheduled.
+    flush_pending: bool,
+}
+
+/// A deadline in nanoseconds, ordered.
+type Deadline = u64;
+
+fn to_nanos(seconds: f64) -> Deadline {
+    (seconds.max(0.0) * 1e9) as u64
 }
 
 /// Python's `repr(s)` for a str (quotes chosen as Python chooses them).
@@ -220,6 +240,8 @@ impl ClientCore {
             last_error: String::new(),
             late_answers: 0,
             pending_close: None,
+            deadlines: BinaryHeap::new(),
+            flush_pending: false,
         }
     }
 
@@ -299,14 +321,55 @@ impl ClientCore {
                 unsent_ok,
                 metered,
                 started: Instant::now(),
+                deadline: f64::INFINITY,
             },
         );
         Ok(id)
     }
 
-    /// Moves request `id` forward: a slot, a connection, the write.
+    /// Moves request `id` forward (a slot, a connection, the write) and starts its clock: it
+    /// fails with `SidecarTimeoutError` at `now + timeout`.
     pub fn start(&mut self, id: ReqId, now: f64, fx: &mut Vec<Effect>) {
+        if let Some(req) = self.reqs.get_mut(&id) {
+            let deadline = now + req.timeout;
+            req.deadline = deadline;
+            let earliest = self.deadlines.peek().map(|Reverse((d, _))| *d);
+            self.deadlines.push(Reverse((to_nanos(deadline), id)));
+            if earliest.is_none_or(|e| to_nanos(deadline) < e) {
+                fx.push(Effect::Arm(deadline));
+            }
+            if self.deadlines.len() > 2 * self.reqs.len() + 1024 {
+                // Mostly finished requests: rebuild from the live ones.
+                self.deadlines = self
+                    .reqs
+                    .iter()
+                    .filter(|(_, r)| r.deadline.is_finite())
+                    .map(|(id, r)| Reverse((to_nanos(r.deadline), *id)))
+                    .collect();
+            }
+        }
         self.advance(id, now, fx);
+    }
+
+    /// Fails the requests whose deadline has passed; arms the timer for the next one.
+    pub fn expire_due(&mut self, now: f64, fx: &mut Vec<Effect>) {
+        let limit = to_nanos(now);
+        while let Some(Reverse((when, id))) = self.deadlines.peek().copied() {
+            let live = self
+                .reqs
+                .get(&id)
+                .is_some_and(|r| to_nanos(r.deadline) == when);
+            if !live {
+                self.deadlines.pop();
+                continue;
+            }
+            if when > limit {
+                fx.push(Effect::Arm(when as f64 / 1e9));
+                return;
+            }
+            self.deadlines.pop();
+            self.expire(id, now, fx);
+        }
     }
 
     fn advance(&mut self, id: ReqId, now: f64, fx: &mut Vec<Effect>) {
@@ -345,7 +408,7 @@ impl ClientCore {
     }
 
     /// Writes request `id` on connection `idx` (what the socket does not take is buffered).
-    fn send(&mut self, idx: usize, id: ReqId, now: f64, fx: &mut Vec<Effect>) {
+    fn send(&mut self, idx: usize, id: ReqId, _now: f64, fx: &mut Vec<Effect>) {
         let Some(req) = self.reqs.get_mut(&id) else {
             return;
         };
@@ -357,21 +420,35 @@ impl ClientCore {
         if conn.unsent() == 0 {
             conn.wbuf.clear();
             conn.wpos = 0;
-            match write_some(&mut conn.stream, &frame) {
-                Ok(n) if n == frame.len() => return,
-                Ok(n) => conn.wbuf.extend_from_slice(&frame[n..]),
-                Err(e) => {
-                    let message = format!("the connection to {} was lost: {e}", self.path);
-                    self.drop_conn(idx, Failure::Unavailable(message), true, now, fx);
-                    return;
+        }
+        conn.wbuf.extend_from_slice(&frame);
+
+        if !self.flush_pending {
+            self.flush_pending = true;
+            fx.push(Effect::Flush);
+        }
+    }
+
+    /// Writes what the connections have buffered (the [`Effect::Flush`] the driver scheduled);
+    /// what a socket does not take now waits for it to be writable.
+    pub fn flush(&mut self, now: f64, fx: &mut Vec<Effect>) {
+        self.flush_pending = false;
+        let mut i = 0;
+        while i < self.conns.len() {
+            let conn = self.conns[i].id;
+            if self.conns[i].unsent() > 0 && !self.conns[i].watching_write {
+                self.on_writable(conn, now, fx);
+                if let Some(idx) = self.conn_index(conn)
+                    && self.conns[idx].unsent() > 0
+                    && !self.conns[idx].watching_write
+                {
+                    self.conns[idx].watching_write = true;
+                    fx.push(Effect::WatchWrite(conn, self.conns[idx].fd));
                 }
             }
-        } else {
-            conn.wbuf.extend_from_slice(&frame);
-        }
-        if !conn.watching_write {
-            conn.watching_write = true;
-            fx.push(Effect::WatchWrite(conn.id, conn.fd));
+            if self.conn_index(conn) == Some(i) {
+                i += 1;
+            }
         }
     }
 
