@@ -4,6 +4,7 @@ protocol on purpose. Every caller gets its own answer or a typed sark_native exc
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import pathlib
 import time
@@ -21,6 +22,7 @@ from sark_native.exceptions import (
     SidecarTimeoutError,
     SidecarUnavailableError,
 )
+from sark_native.sidecar._protocol import FrameReader
 from sidecar_helpers import (
     FakeConnection,
     FakeServer,
@@ -462,3 +464,58 @@ def test_a_client_binds_to_one_event_loop(sidecar_backend: Backend, worker: Work
     assert asyncio.run(use()) == 1
     with pytest.raises(RuntimeError, match="another event loop"):
         asyncio.run(use())
+
+
+if sark_native.RUST_AVAILABLE:  # parity needs both clients in one process
+
+    class _Recorder(asyncio.Protocol):
+        """Keeps the raw body of every request frame and answers each with ``null``."""
+
+        def __init__(self, bodies: list[bytes]) -> None:
+            self.bodies = bodies
+            self.reader = FrameReader(2**32 - 1)
+            self.transport: asyncio.Transport | None = None
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            assert isinstance(transport, asyncio.Transport)
+            self.transport = transport
+
+        def data_received(self, data: bytes) -> None:
+            assert self.transport is not None
+            for body in self.reader.feed(data):
+                self.bodies.append(body)
+                answer = json.dumps({"id": json.loads(body)["id"], "result": None}).encode()
+                self.transport.write(len(answer).to_bytes(4, "big") + answer)
+
+    @pytest.mark.asyncio
+    async def test_both_clients_write_the_same_bytes(sock_dir: pathlib.Path) -> None:
+        """The native client encodes params exactly as the Python client's json.dumps does
+        (floats as repr, escapes, unicode, tuples): the frames agree byte for byte."""
+        import random
+
+        rng = random.Random(11)
+        floats = [rng.uniform(-1e30, 1e30) for _ in range(20)]
+        floats += [0.1, 1e-5, 1e16, 1e-320, -0.0, 123456789.0, 2.5e-300, 1.7976931348623157e308]
+        params_list: list[Any] = [
+            None,
+            {"f": floats, "i": [0, -1, 2**63 - 1, -(2**63), 2**64 - 1, True, False]},
+            {"s": 'é\n\t"\\\x00\x1f\x7f€𝄞', "nested": [[{"a": ()}], {"b": (1, "two")}]},
+            ["x" * 300, {"": None}],
+        ]
+        loop = asyncio.get_running_loop()
+        bodies: dict[str, list[bytes]] = {}
+        for backend in ("rust", "python"):
+            path = sock_dir / f"{backend}.sock"
+            kept: list[bytes] = []
+            server = await loop.create_unix_server(lambda kept=kept: _Recorder(kept), str(path))
+            try:
+                c = client(path, backend)
+                for params in params_list:
+                    assert await c.request("echo", params) is None
+                await c.aclose()
+            finally:
+                server.close()
+                await server.wait_closed()
+            bodies[backend] = kept
+        assert len(bodies["rust"]) == len(params_list)
+        assert bodies["rust"] == bodies["python"]
