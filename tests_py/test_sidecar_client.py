@@ -4,6 +4,7 @@ protocol on purpose. Every caller gets its own answer or a typed sark_native exc
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import math
 import pathlib
@@ -507,7 +508,7 @@ if sark_native.RUST_AVAILABLE:  # parity needs both clients in one process
         for backend in ("rust", "python"):
             path = sock_dir / f"{backend}.sock"
             kept: list[bytes] = []
-            server = await loop.create_unix_server(lambda kept=kept: _Recorder(kept), str(path))
+            server = await loop.create_unix_server(functools.partial(_Recorder, kept), str(path))
             try:
                 c = client(path, backend)
                 for params in params_list:
