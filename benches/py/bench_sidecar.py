@@ -1,11 +1,11 @@
-"""ML sidecar IPC: the Rust (tokio) client side by side with the asyncio client, both against the
-same echo worker process (``python -m sark_native.sidecar sidecar_echo_app:Echo``).
+"""ML sidecar IPC: the native client side by side with the asyncio client, both against the same
+echo worker process (``python -m sark_native.sidecar sidecar_echo_app:Echo``).
 
 Measures, in interleaved rounds: round trip of a small request one at a time (p50 and p99 per
 round); throughput with 64 requests in flight on one client; and the time from SIGKILL of a
 supervised worker until a request succeeds again (a ``Sidecar`` with one worker; rounds spaced so
-the restart backoff never applies). The Rust columns appear once ``backend="rust"`` works; until
-the native sidecar is built only the asyncio client and supervisor are measured. Targets
+the restart backoff never applies), with natively spawned workers and with ``subprocess``. The
+Rust columns are measured when ``backend="rust"`` works (the extension is loaded). Targets
 (ARCHITECTURE.md): Rust p50 no slower than asyncio's, throughput with 64 in flight >= 1.3x,
 restart after SIGKILL <= 1 s.
 """
@@ -182,7 +182,7 @@ def report(
     clients: dict[str, dict[str, list[float]]],
     restarts: dict[Backend, list[float]],
 ) -> str:
-    label = {"rust": "Rust (tokio) client", "python": "asyncio client"}
+    label = {"rust": 'native client (`backend="rust"`)', "python": "asyncio client"}
     lines = [
         f"One echo worker process (async `echo` method) serves every client; a request is "
         f"`{PARAMS}` (~50 bytes of JSON). Medians of {settings.repeats} interleaved rounds "
@@ -238,7 +238,9 @@ def report(
         verdict = "met" if s.median <= 1.0 else "NOT met"
         rrows.append(
             (
-                f"{'Rust' if b == 'rust' else 'asyncio'} supervisor",
+                "native workers and client"
+                if b == "rust"
+                else "subprocess workers, asyncio client",
                 _ms_summary(s),
                 f"<= 1 s: {verdict}",
             )
