@@ -135,3 +135,38 @@ def test_the_decision_cache_fronts_the_http_path(opa_url: str) -> None:
         assert e.evaluate("data.t.x", {"a": 1}) == 10
     finally:
         e.close()
+
+
+def test_the_decision_cache_fronts_evaluate_async(opa_url: str) -> None:
+    cache = sark_native.Cache(max_size=100, ttl=60.0, backend="python")
+    e = sark_native.PolicyEngine(backend="python", opa_url=opa_url, decision_cache=cache)
+    try:
+        e.load_policy("t", "package t\nx := input.a\ny if input.a > 5\n")
+
+        async def run() -> list[object]:
+            first = [await e.evaluate_async("data.t.x", {"a": 2})]
+            hits = cache.stats()["hits"]
+            again = await e.evaluate_async("data.t.x", {"a": 2})
+            undefined = await e.evaluate_async("data.t.y", {"a": 2}, default="no")
+            cached_undefined = await e.evaluate_async("data.t.y", {"a": 2}, default="no")
+            return [*first, again, undefined, cached_undefined, cache.stats()["hits"] - hits]
+
+        assert asyncio.run(run()) == [2, 2, "no", "no", 2]
+    finally:
+        e.close()
+
+
+def test_an_unreachable_server_is_a_counted_evaluation_error(tmp_path: Any) -> None:
+    from sark_native._fallback import policy as py_policy
+
+    url = f"unix://{tmp_path}/nobody.sock"
+    e = sark_native.PolicyEngine(backend="python", opa_url=url, timeout=2.0)
+    try:
+        before = py_policy.policy_metrics()["errors"]["other"]
+        with pytest.raises(ex.PolicyEvaluationError, match="unreachable"):
+            e.evaluate("data.t.x", {"a": 1})
+        with pytest.raises(ex.PolicyEvaluationError, match="unreachable"):
+            asyncio.run(e.evaluate_async("data.t.x", {"a": 1}))
+        assert py_policy.policy_metrics()["errors"]["other"] == before + 2
+    finally:
+        e.close()

@@ -21,7 +21,8 @@ import math
 import re
 import sys
 import threading
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
 
@@ -104,7 +105,6 @@ _metrics: dict[str, Any] = {
     "sum_seconds": 0.0,
     "errors": dict.fromkeys(ERROR_TYPES, 0),
     "policies": 0,
-    "cache_hits": 0,
 }
 
 
@@ -486,9 +486,7 @@ class PyPolicyEngine:
         httpx = _httpx()
 
         try:
-            resp = self._client.put(
-                "/v1/data", content=body, headers={"Content-Type": "application/json"}
-            )
+            resp = self._client.put("/v1/data", content=body, headers=_JSON_HEADERS)
         except httpx.HTTPError as exc:
             raise PolicyError(f"policy server at {self.opa_url} unreachable: {exc}") from exc
         if resp.status_code >= 300:
@@ -529,38 +527,13 @@ class PyPolicyEngine:
         """The value of ``path``, or ``default`` when it is undefined."""
         self._check_open()
         url, body, key = self._request(path, input, "input")
-        if key is not None:
-            hit = self.decision_cache.get(key, _MISSING)
-            if hit is not _MISSING:
-                with _metrics_lock:
-                    _metrics["cache_hits"] += 1
-                return default if hit is _UNDEFINED else hit
-        import time
-
-        httpx = _httpx()
-
-        started = time.perf_counter()
-        error: str | None = None
-        try:
-            try:
-                resp = self._client.post(
-                    url, content=body, headers={"Content-Type": "application/json"}
-                )
-            except httpx.HTTPError as exc:
-                error = "other"
-                raise PolicyEvaluationError(
-                    f"policy server at {self.opa_url} unreachable: {exc}"
-                ) from exc
-            try:
-                value = self._result(resp, _UNDEFINED)
-            except PolicyEvaluationError:
-                error = "evaluation"
-                raise
-        finally:
-            _record(time.perf_counter() - started, error)
-        if key is not None:
-            self.decision_cache.set(key, value)
-        return default if value is _UNDEFINED else value
+        hit = self._cached(key)
+        if hit is not _MISSING:
+            return default if hit is _UNDEFINED else hit
+        with self._round_trip():
+            resp = self._client.post(url, content=body, headers=_JSON_HEADERS)
+            value = self._result(resp, _UNDEFINED)
+        return self._decided(value, key, default)
 
     def evaluate_batch(
         self, path: str, inputs: Sequence[object], *, default: object = None
@@ -589,15 +562,11 @@ class PyPolicyEngine:
         """``evaluate`` over the engine's async client (created on first use, on this loop)."""
         self._check_open()
         url, body, key = self._request(path, input, "input")
-        if key is not None:
-            hit = self.decision_cache.get(key, _MISSING)
-            if hit is not _MISSING:
-                return default if hit is _UNDEFINED else hit
-        import time
-
-        httpx = _httpx()
-
+        hit = self._cached(key)
+        if hit is not _MISSING:
+            return default if hit is _UNDEFINED else hit
         if self._aclient is None:
+            httpx = _httpx()
             self._aclient = httpx.AsyncClient(
                 base_url=self._base_url,
                 transport=(
@@ -606,25 +575,38 @@ class PyPolicyEngine:
                 timeout=self.timeout,
                 headers=self._headers,
             )
+        with self._round_trip():
+            resp = await self._aclient.post(url, content=body, headers=_JSON_HEADERS)
+            value = self._result(resp, _UNDEFINED)
+        return self._decided(value, key, default)
+
+    def _cached(self, key: str | None) -> object:
+        """The decision cache's entry for ``key``, or ``_MISSING``."""
+        if key is None:
+            return _MISSING
+        return self.decision_cache.get(key, _MISSING)
+
+    @contextlib.contextmanager
+    def _round_trip(self) -> Iterator[None]:
+        """Times one decision request (metrics) and turns a transport failure into
+        ``PolicyEvaluationError``; the body sends the request and reads its result."""
+        httpx = _httpx()
         started = time.perf_counter()
         error: str | None = None
         try:
-            try:
-                resp = await self._aclient.post(
-                    url, content=body, headers={"Content-Type": "application/json"}
-                )
-            except httpx.HTTPError as exc:
-                error = "other"
-                raise PolicyEvaluationError(
-                    f"policy server at {self.opa_url} unreachable: {exc}"
-                ) from exc
-            try:
-                value = self._result(resp, _UNDEFINED)
-            except PolicyEvaluationError:
-                error = "evaluation"
-                raise
+            yield
+        except httpx.HTTPError as exc:
+            error = "other"
+            raise PolicyEvaluationError(
+                f"policy server at {self.opa_url} unreachable: {exc}"
+            ) from exc
+        except PolicyEvaluationError:
+            error = "evaluation"
+            raise
         finally:
             _record(time.perf_counter() - started, error)
+
+    def _decided(self, value: object, key: str | None, default: object) -> object:
         if key is not None:
             self.decision_cache.set(key, value)
         return default if value is _UNDEFINED else value
@@ -689,3 +671,4 @@ class _Sentinel:
 _MISSING = _Sentinel("MISSING")
 #: Stored in the decision cache for an undefined decision (the cache stores None as a value).
 _UNDEFINED = _Sentinel("UNDEFINED")
+_JSON_HEADERS = {"Content-Type": "application/json"}
