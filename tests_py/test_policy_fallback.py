@@ -165,8 +165,12 @@ def test_an_unreachable_server_is_a_counted_evaluation_error(tmp_path: Any) -> N
         before = py_policy.policy_metrics()["errors"]["other"]
         with pytest.raises(ex.PolicyEvaluationError, match="unreachable"):
             e.evaluate("data.t.x", {"a": 1})
+
+        async def run() -> object:
+            return await e.evaluate_async("data.t.x", {"a": 1})
+
         with pytest.raises(ex.PolicyEvaluationError, match="unreachable"):
-            asyncio.run(e.evaluate_async("data.t.x", {"a": 1}))
+            asyncio.run(run())
         assert py_policy.policy_metrics()["errors"]["other"] == before + 2
     finally:
         e.close()
