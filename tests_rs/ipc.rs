@@ -3,7 +3,7 @@
 
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use sark_native::core::ipc::client::{
@@ -121,9 +121,9 @@ fn sock_path(name: &str) -> PathBuf {
     path
 }
 
-fn core(path: &PathBuf, max_in_flight: usize) -> ClientCore {
+fn core(path: &Path, max_in_flight: usize) -> ClientCore {
     ClientCore::new(Options {
-        socket_path: path.clone(),
+        socket_path: path.to_path_buf(),
         max_frame: 1 << 20,
         connections: 1,
         max_in_flight,
