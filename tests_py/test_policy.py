@@ -362,8 +362,24 @@ def test_bad_arguments(make: Make) -> None:
     with pytest.raises(ValueError, match="policy name"):
         e.remove_policy("bad name")
     assert e.evaluate("data.t.x") == 1
-    with pytest.raises((TypeError, ValueError)):
-        make(max_input_depth=0)
+    for inputs in (b"ab", bytearray(b"ab"), memoryview(b"ab"), "ab", {"a": 1}):
+        with pytest.raises(TypeError, match="inputs must be a sequence of inputs"):
+            e.evaluate_batch("data.t.x", inputs)
+    for kwargs, kind, message in [
+        ({"max_input_depth": 0}, ValueError, "max_input_depth must be between 1 and"),
+        ({"max_input_depth": -1}, ValueError, "max_input_depth must be between 1 and"),
+        ({"max_input_bytes": 2**70}, ValueError, "max_input_bytes must be between 1 and"),
+        ({"max_input_bytes": "1"}, TypeError, "max_input_bytes must be an int, not str"),
+        ({"max_input_depth": True}, TypeError, "max_input_depth must be an int, not bool"),
+        ({"time_limit": True}, TypeError, "time_limit must be a number"),
+        ({"strict": "yes"}, TypeError, "strict must be a bool, not str"),
+        ({"rego_v0": 1}, TypeError, "rego_v0 must be a bool, not int"),
+        ({"vm": None}, TypeError, "vm must be a bool, not NoneType"),
+        ({"decision_cache": object()}, TypeError, "decision_cache must be a sark_native.Cache"),
+    ]:
+        with pytest.raises(kind, match=message):
+            make(**kwargs)
+    assert e.evaluate_batch("data.t.x", ({"a": 1}, None)) == [1, 1]
     with pytest.raises(ValueError, match="time_limit"):
         make(time_limit=-1)
     with pytest.raises(ValueError, match="time_limit"):

@@ -25,6 +25,7 @@ from ._fallback.policy import (
     DEFAULT_MAX_INPUT_DEPTH,
     DEFAULT_TIME_LIMIT,
     PyPolicyEngine,
+    check_settings,
 )
 from .exceptions import BackendUnavailableError
 
@@ -78,6 +79,16 @@ class PolicyEngine(metaclass=ABCMeta):  # noqa: B024 - a virtual base: both back
                 raise ValueError("PolicyEngine(backend='python') needs opa_url (OPA or policyd)")
             return http()  # type: ignore[return-value]
         fallback = http() if backend == "auto" and opa_url is not None else None
+        if fallback is None:  # else the HTTP engine has checked them
+            check_settings(
+                rego_v0=rego_v0,
+                time_limit=time_limit,
+                max_input_depth=max_input_depth,
+                max_input_bytes=max_input_bytes,
+                vm=vm,
+                strict=strict,
+                decision_cache=decision_cache,
+            )
         native: PolicyEngine = _backend.native().PolicyEngine(
             rego_v0=rego_v0,
             time_limit=time_limit,

@@ -17,7 +17,10 @@ use std::time::Duration;
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyMapping, PyString, PyTuple};
+use pyo3::types::{
+    PyBool, PyByteArray, PyBytes, PyDict, PyFloat, PyInt, PyList, PyMapping, PyMemoryView, PyString,
+    PyTuple,
+};
 use regorus::Value;
 
 use super::aio::LoopFuture;
@@ -703,10 +706,16 @@ impl PyPolicyEngine {
         self.check_open()?;
         let path = path_string(path)?;
         policy::check_path(&path).map_err(to_py)?;
-        if inputs.cast::<PyString>().is_ok() || inputs.cast::<PyMapping>().is_ok() {
-            return Err(PyTypeError::new_err(
-                "inputs must be a sequence of inputs (a list or tuple), not a str or mapping",
-            ));
+        if inputs.cast::<PyString>().is_ok()
+            || inputs.cast::<PyBytes>().is_ok()
+            || inputs.cast::<PyByteArray>().is_ok()
+            || inputs.cast::<PyMemoryView>().is_ok()
+            || inputs.cast::<PyMapping>().is_ok()
+        {
+            return Err(PyTypeError::new_err(format!(
+                "inputs must be a sequence of inputs (a list or tuple), not {}",
+                type_name(inputs)
+            )));
         }
         let objs: Vec<Bound<'_, PyAny>> = inputs
             .try_iter()

@@ -151,7 +151,7 @@ def check_policy_name(name: object) -> str:
     return name
 
 
-def _seconds(value: float | None, what: str) -> float | None:
+def _seconds(value: object, what: str) -> float | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -159,6 +159,35 @@ def _seconds(value: float | None, what: str) -> float | None:
     if not (math.isfinite(value) and 0 < value < 1e9):
         raise ValueError(f"{what} must be a positive number of seconds or None, not {value}")
     return float(value)
+
+
+def check_settings(
+    *,
+    rego_v0: object,
+    time_limit: object,
+    max_input_depth: object,
+    max_input_bytes: object,
+    vm: object,
+    strict: object,
+    decision_cache: object,
+) -> float | None:
+    """Checks an engine's settings (both backends take the same); returns the time limit."""
+    for what, flag in (("rego_v0", rego_v0), ("vm", vm), ("strict", strict)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"{what} must be a bool, not {type(flag).__name__}")
+    for what, n in (("max_input_depth", max_input_depth), ("max_input_bytes", max_input_bytes)):
+        if isinstance(n, bool) or not isinstance(n, int):
+            raise TypeError(f"{what} must be an int, not {type(n).__name__}")
+        if not 1 <= n <= sys.maxsize:
+            raise ValueError(f"{what} must be between 1 and {sys.maxsize}, not {n}")
+    if decision_cache is not None and not all(
+        callable(getattr(decision_cache, m, None)) for m in ("get", "set")
+    ):
+        raise TypeError(
+            "decision_cache must be a sark_native.Cache (an object with get and set), "
+            f"not {type(decision_cache).__name__}"
+        )
+    return _seconds(time_limit, "time_limit")
 
 
 class _Refused(Exception):
@@ -359,17 +388,20 @@ class PyPolicyEngine:
 
         if not isinstance(opa_url, str) or not opa_url:
             raise TypeError("opa_url must be a non-empty str such as 'http://127.0.0.1:8181'")
-        for what, n in (("max_input_depth", max_input_depth), ("max_input_bytes", max_input_bytes)):
-            if isinstance(n, bool) or not isinstance(n, int):
-                raise TypeError(f"{what} must be an int")
-            if n < 1:
-                raise ValueError("max_input_depth and max_input_bytes must be at least 1")
+        self.time_limit = check_settings(
+            rego_v0=rego_v0,
+            time_limit=time_limit,
+            max_input_depth=max_input_depth,
+            max_input_bytes=max_input_bytes,
+            vm=vm,
+            strict=strict,
+            decision_cache=decision_cache,
+        )
         self.opa_url = opa_url
-        self.rego_v0 = bool(rego_v0)
-        self.time_limit = _seconds(time_limit, "time_limit")
+        self.rego_v0 = rego_v0
         self.max_input_depth = max_input_depth
         self.max_input_bytes = max_input_bytes
-        self.strict = bool(strict)
+        self.strict = strict
         self.timeout = _seconds(timeout, "timeout") or 5.0
         self.decision_cache = decision_cache
         self.fallback = None
@@ -541,9 +573,10 @@ class PyPolicyEngine:
         """``[evaluate(path, i, default=default) for i in inputs]`` over one pooled connection."""
         self._check_open()
         check_path(path)
-        if isinstance(inputs, (str, bytes, Mapping)):
+        if isinstance(inputs, (str, bytes, bytearray, memoryview, Mapping)):
             raise TypeError(
-                "inputs must be a sequence of inputs (a list or tuple), not a str or mapping"
+                "inputs must be a sequence of inputs (a list or tuple), "
+                f"not {type(inputs).__name__}"
             )
         try:
             items = list(inputs)
