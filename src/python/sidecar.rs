@@ -351,6 +351,19 @@ fn decode_response<'py>(py: Python<'py>, body: &[u8]) -> Result<(u64, Answer<'py
 
 // ----- the client -------------------------------------------------------------------------------
 
+/// `event_loop.<method>(*args)` when the client is bound to a loop; an error is reported as
+/// unraisable (the effect comes from the loop's own callbacks, which have no caller to raise to).
+fn on_loop<'py, A>(event_loop: &Option<Bound<'py, PyAny>>, method: &str, args: A)
+where
+    A: pyo3::call::PyCallArgs<'py>,
+{
+    if let Some(l) = event_loop
+        && let Err(e) = l.call_method1(method, args)
+    {
+        e.write_unraisable(l.py(), None);
+    }
+}
+
 struct PyReq {
     fut: Py<PyAny>,
     unsent: Option<Py<PyAny>>,
@@ -406,6 +419,21 @@ impl PySidecarClient {
         self.inner.lock().loop_.as_ref().map(|l| l.bind(py).clone())
     }
 
+    /// Removes request `id`: its future, unless already done (cancelled), and its unsent value.
+    fn take_open<'py>(
+        &self,
+        py: Python<'py>,
+        id: ReqId,
+    ) -> Option<(Bound<'py, PyAny>, Option<Py<PyAny>>)> {
+        let entry = self.inner.lock().reqs.remove(&id)?;
+        let fut = entry.fut.into_bound(py);
+        let done = fut
+            .call_method0("done")
+            .and_then(|d| d.is_truthy())
+            .unwrap_or(true);
+        (!done).then_some((fut, entry.unsent))
+    }
+
     /// Carries out the core's effects (never with the lock held: futures and the loop run
     /// Python code).
     fn apply(slf: &Bound<'_, Self>, effects: Vec<Effect>) {
@@ -418,31 +446,15 @@ impl PySidecarClient {
         for effect in effects {
             match effect {
                 Effect::Fail(id, failure) => {
-                    let entry = this.inner.lock().reqs.remove(&id);
-                    if let Some(entry) = entry {
-                        let fut = entry.fut.bind(py);
-                        if !fut
-                            .call_method0("done")
-                            .and_then(|d| d.is_truthy())
-                            .unwrap_or(true)
-                        {
-                            let exc = failure_err(failure).into_value(py);
-                            let _ = fut.call_method1("set_exception", (exc,));
-                        }
+                    if let Some((fut, _)) = this.take_open(py, id) {
+                        let exc = failure_err(failure).into_value(py);
+                        let _ = fut.call_method1("set_exception", (exc,));
                     }
                 }
                 Effect::Unsent(id) => {
-                    let entry = this.inner.lock().reqs.remove(&id);
-                    if let Some(entry) = entry {
-                        let fut = entry.fut.bind(py);
-                        if !fut
-                            .call_method0("done")
-                            .and_then(|d| d.is_truthy())
-                            .unwrap_or(true)
-                        {
-                            let value = entry.unsent.unwrap_or_else(|| py.None());
-                            let _ = fut.call_method1("set_result", (value,));
-                        }
+                    if let Some((fut, unsent)) = this.take_open(py, id) {
+                        let value = unsent.unwrap_or_else(|| py.None());
+                        let _ = fut.call_method1("set_result", (value,));
                     }
                 }
                 Effect::Arm(when) => {
@@ -468,36 +480,24 @@ impl PySidecarClient {
                     }
                 }
                 Effect::Flush => {
-                    if let Some(l) = &event_loop {
-                        let cb = Flush {
-                            client: slf.clone().unbind(),
-                        };
-                        if let Err(e) = l.call_method1("call_soon", (cb,)) {
-                            e.write_unraisable(py, None);
-                        }
-                    }
+                    let cb = Flush {
+                        client: slf.clone().unbind(),
+                    };
+                    on_loop(&event_loop, "call_soon", (cb,));
                 }
                 Effect::WatchRead(conn, fd) => {
-                    if let Some(l) = &event_loop {
-                        let cb = Readable {
-                            client: slf.clone().unbind(),
-                            conn,
-                        };
-                        if let Err(e) = l.call_method1("add_reader", (fd, cb)) {
-                            e.write_unraisable(py, None);
-                        }
-                    }
+                    let cb = Readable {
+                        client: slf.clone().unbind(),
+                        conn,
+                    };
+                    on_loop(&event_loop, "add_reader", (fd, cb));
                 }
                 Effect::WatchWrite(conn, fd) => {
-                    if let Some(l) = &event_loop {
-                        let cb = Writable {
-                            client: slf.clone().unbind(),
-                            conn,
-                        };
-                        if let Err(e) = l.call_method1("add_writer", (fd, cb)) {
-                            e.write_unraisable(py, None);
-                        }
-                    }
+                    let cb = Writable {
+                        client: slf.clone().unbind(),
+                        conn,
+                    };
+                    on_loop(&event_loop, "add_writer", (fd, cb));
                 }
                 Effect::UnwatchWrite(_, fd) => {
                     if let Some(l) = &event_loop {

@@ -411,7 +411,10 @@ class Worker:
         for sig in (signal.SIGTERM, signal.SIGINT):
             try:
                 loop.add_signal_handler(sig, self.stop, sig.name)
-            except (ValueError, RuntimeError, NotImplementedError):  # not the main thread
+            except (RuntimeError, NotImplementedError) as exc:
+                # Not the main thread (asyncio's RuntimeError) or a loop without signal support:
+                # the worker then stops on stdin EOF, cancellation or stop() (see serve_async).
+                logger.debug("%s is not handled: %s", sig.name, exc)
                 continue
             installed.append(sig)
         return installed

@@ -386,18 +386,18 @@ impl ClientCore {
                 return;
             }
         }
-        let conn = match self.pick(now, fx) {
-            Some(c) => c,
+        let idx = match self.pick(now, fx) {
+            Some(i) => i,
             None => match self.connect(now, fx) {
-                Ok(c) => c,
+                Ok(i) => i,
                 Err(message) => {
                     self.finish(id, Some(Failure::Unavailable(message)), now, fx);
                     return;
                 }
             },
         };
-        let idx = self.conn_index(conn).expect("picked connection");
         if self.conns[idx].unsent() > HIGH_WATER || !self.conns[idx].waiting.is_empty() {
+            let conn = self.conns[idx].id;
             if let Some(req) = self.reqs.get_mut(&id) {
                 req.stage = Stage::Write(conn);
             }
@@ -454,12 +454,13 @@ impl ClientCore {
 
     /// The open connection with the fewest requests in flight; opens another when all are busy
     /// and the pool has room (a failure then only sets the backoff).
-    fn pick(&mut self, now: f64, fx: &mut Vec<Effect>) -> Option<ConnId> {
-        let best = self
+    fn pick(&mut self, now: f64, fx: &mut Vec<Effect>) -> Option<usize> {
+        let (best, conn) = self
             .conns
             .iter()
-            .min_by_key(|c| c.pending.len() + c.waiting.len())?;
-        let (best_id, busy) = (best.id, !best.pending.is_empty());
+            .enumerate()
+            .min_by_key(|(_, c)| c.pending.len() + c.waiting.len())?;
+        let busy = !conn.pending.is_empty();
         if busy
             && self.conns.len() < self.opts.connections
             && now >= self.retry_at
@@ -467,11 +468,11 @@ impl ClientCore {
         {
             return Some(extra);
         }
-        Some(best_id)
+        Some(best)
     }
 
-    /// A new connection (Unix connects complete at once, or fail).
-    fn connect(&mut self, now: f64, fx: &mut Vec<Effect>) -> Result<ConnId, String> {
+    /// A new connection (Unix connects complete at once, or fail): its index in `conns`.
+    fn connect(&mut self, now: f64, fx: &mut Vec<Effect>) -> Result<usize, String> {
         if now < self.retry_at {
             return Err(format!(
                 "cannot connect to {}: {} (next attempt in {:.3} s)",
@@ -503,7 +504,7 @@ impl ClientCore {
                     waiting: VecDeque::new(),
                 });
                 fx.push(Effect::WatchRead(id, fd));
-                Ok(id)
+                Ok(self.conns.len() - 1)
             }
             Err(e) => {
                 self.failures += 1;
