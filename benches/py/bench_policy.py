@@ -36,8 +36,7 @@ from benchlib import (
     Section,
     Settings,
     Summary,
-    criterion_results,
-    criterion_version,
+    criterion_section,
     fmt_ns,
     fmt_ratio,
     md_table,
@@ -503,32 +502,11 @@ def run(settings: Settings) -> Section:
 
 
 def _criterion_section() -> str:
-    results = criterion_results("policy")
-    head = (
-        "### Rust core (criterion)\n\n"
-        "`cargo bench --no-default-features --bench policy` (`make bench-rust`; criterion "
-        f"{criterion_version()}): `core::policy` with no Python in the way, same policy, data "
-        "and input. `input_from_json` is regorus's own JSON parse of the input, what a binding "
-        "fed with JSON pays before evaluating; `evaluate_vm_2_threads` is the time per decision "
-        "with two threads evaluating at once (perfect scaling: half of `evaluate_vm_1_threads`). "
-        "Median with criterion's 95% confidence interval."
-    )
-    if not results:
-        return (
-            head
-            + "\n\nNo criterion results under `target/criterion/policy`: run `make bench-rust`."
-        )
-    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(max(r.modified for r in results)))
-    rows = [
-        [
-            f"`{r.full_id}`",
-            fmt_ns(r.per_element_ns),
-            f"{fmt_ns(r.median_low_ns)}-{fmt_ns(r.median_high_ns)}",
-        ]
-        for r in results
-    ]
-    return (
-        head
-        + f" Results of {stamp}.\n\n"
-        + md_table(["bench", "median", "95% CI of the median"], rows)
+    return criterion_section(
+        "policy",
+        "`core::policy` with no Python in the way, same policy, data and input. "
+        "`input_from_json` is regorus's own JSON parse of the input, what a binding fed with "
+        "JSON pays before evaluating; `evaluate_vm_2_threads` is the time per decision with two "
+        "threads evaluating at once (perfect scaling: half of `evaluate_vm_1_threads`). Median "
+        "with criterion's 95% confidence interval.",
     )

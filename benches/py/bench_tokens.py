@@ -32,9 +32,7 @@ from benchlib import (
     Section,
     Settings,
     Summary,
-    criterion_results,
-    criterion_version,
-    fmt_ns,
+    criterion_section,
     fmt_ratio,
     md_table,
     package_version,
@@ -362,32 +360,11 @@ def report(settings: Settings, groups: list[Group], missing: list[str]) -> str:
 
 
 def _criterion_section() -> str:
-    results = criterion_results("tokens")
-    head = (
-        "### Rust core (criterion)\n\n"
-        "`cargo bench --no-default-features --bench tokens` (`make bench-rust`; criterion "
-        f"{criterion_version()}): `core::tokens` with no Python in the way, same workload. Median "
-        "per operation with criterion's 95% confidence interval of the median. The gap to the "
-        "Python figures above is the binding: argument conversion, GIL release, the claims dict."
-    )
-    if not results:
-        return (
-            head
-            + "\n\nNo criterion results under `target/criterion/tokens`: run `make bench-rust`."
-        )
-    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(max(r.modified for r in results)))
-    rows = [
-        [
-            f"`{r.full_id}`",
-            fmt_ns(r.per_element_ns),
-            f"{fmt_ns(r.median_low_ns)}-{fmt_ns(r.median_high_ns)}",
-        ]
-        for r in results
-    ]
-    return (
-        head
-        + f" Results of {stamp}.\n\n"
-        + md_table(["bench", "median", "95% CI of the median"], rows)
+    return criterion_section(
+        "tokens",
+        "`core::tokens` with no Python in the way, same workload. Median per operation with "
+        "criterion's 95% confidence interval of the median. The gap to the Python figures above "
+        "is the binding: argument conversion, GIL release, the claims dict.",
     )
 
 

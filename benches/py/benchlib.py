@@ -281,3 +281,34 @@ def criterion_results(group: str) -> list[CriterionResult]:
             )
         )
     return out
+
+
+def criterion_section(group: str, description: str) -> str:
+    """A component's "Rust core (criterion)" subsection: what ``cargo bench --bench <group>``
+    measures (``description``, after the command), then each bench's median per element with
+    criterion's 95% confidence interval of the median."""
+    results = criterion_results(group)
+    head = (
+        "### Rust core (criterion)\n\n"
+        f"`cargo bench --no-default-features --bench {group}` (`make bench-rust`; criterion "
+        f"{criterion_version()}): {description}"
+    )
+    if not results:
+        return (
+            head
+            + f"\n\nNo criterion results under `target/criterion/{group}`: run `make bench-rust`."
+        )
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(max(r.modified for r in results)))
+    rows = [
+        [
+            f"`{r.full_id}`",
+            fmt_ns(r.per_element_ns),
+            f"{fmt_ns(r.median_low_ns / r.elements)}-{fmt_ns(r.median_high_ns / r.elements)}",
+        ]
+        for r in results
+    ]
+    return (
+        head
+        + f" Results of {stamp}.\n\n"
+        + md_table(["bench", "median", "95% CI of the median"], rows)
+    )
