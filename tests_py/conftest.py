@@ -12,7 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import cast
 
 import pytest
@@ -39,13 +39,6 @@ def backend(request: pytest.FixtureRequest) -> Backend:
     return cast(Backend, request.param)
 
 
-@pytest.fixture(params=BACKENDS)
-def sidecar_backend(request: pytest.FixtureRequest) -> Backend:
-    """The sidecar's backends: the Python path only until the native sidecar is built (then
-    this becomes the ``backend`` fixture)."""
-    return cast(Backend, request.param)
-
-
 @pytest.fixture
 def sock_dir() -> Iterator[pathlib.Path]:
     """A short private directory for Unix sockets: ``tmp_path`` can be longer than the 107 bytes
@@ -59,7 +52,45 @@ def sock_dir() -> Iterator[pathlib.Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-class RedisServer:
+class ServerProcess:
+    """A server subprocess of the tests: output to ``self.log``, dies with pytest, started by
+    ``_spawn`` (which waits until ``ready()``) and stopped with SIGTERM (SIGKILL after 15 s)."""
+
+    log: pathlib.Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    def _spawn(self, argv: list[str], ready: Callable[[], bool], timeout: float) -> None:
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                preexec_fn=die_with_parent,
+            )
+        deadline = time.monotonic() + timeout
+        while not ready():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                output = self.log.read_text(errors="replace")
+                raise RuntimeError(f"{' '.join(argv[:3])} did not start; its output:\n{output}")
+            time.sleep(0.02)
+
+    def stop(self) -> int | None:
+        """The exit code (None when not running)."""
+        if self.proc is None:
+            return None
+        self.proc.terminate()
+        try:
+            code = self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = self.proc.wait(timeout=10)
+        self.proc = None
+        return code
+
+
+class RedisServer(ServerProcess):
     """A real ``redis-server`` on a free loopback port, in its own temp dir, no persistence.
 
     ``make test`` installs the binary (``make redis``); it is found on PATH, next to the venv's
@@ -71,36 +102,26 @@ class RedisServer:
         self.binary = find_redis_server()
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = directory / "redis.log"
 
     def start(self) -> None:
-        log = open(self.directory / "redis.log", "ab")  # noqa: SIM115 - closed below
-        with log:
-            self.proc = subprocess.Popen(
-                [
-                    self.binary,
-                    "--port",
-                    str(self.port),
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                    "--dir",
-                    str(self.directory),
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                preexec_fn=die_with_parent,
-            )
-        deadline = time.monotonic() + 10
-        while not self.ping():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"redis-server did not start; see {self.directory}/redis.log")
-            time.sleep(0.02)
+        self._spawn(
+            [
+                self.binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.directory),
+            ],
+            self.ping,
+            timeout=10,
+        )
 
     def ping(self) -> bool:
         try:
@@ -115,16 +136,6 @@ class RedisServer:
         if self.proc is not None:
             self.proc.kill()
             self.proc.wait(timeout=10)
-            self.proc = None
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
             self.proc = None
 
     def flushall(self) -> None:
@@ -190,7 +201,7 @@ def private_redis(tmp_path: pathlib.Path) -> Iterator[RedisServer]:
         server.stop()
 
 
-class Policyd:
+class Policyd(ServerProcess):
     """A real ``python -m sark_native.policyd`` on a Unix socket in a temp dir, stopped with
     SIGTERM at the end. ``reset()`` empties it (no policies, ``data == {}``) between tests."""
 
@@ -199,31 +210,21 @@ class Policyd:
         self.socket = directory / "policyd.sock"
         self.url = f"unix://{self.socket}"
         self.extra = extra
-        self.proc: subprocess.Popen[bytes] | None = None
         self.log = directory / "policyd.log"
 
     def start(self) -> None:
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "sark_native.policyd",
-                    "--socket",
-                    str(self.socket),
-                    *self.extra,
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                preexec_fn=die_with_parent,
-            )
-        deadline = time.monotonic() + 20
-        while not self.healthy():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"policyd did not start: {self.log.read_text()}")
-            time.sleep(0.02)
+        self._spawn(
+            [
+                sys.executable,
+                "-m",
+                "sark_native.policyd",
+                "--socket",
+                str(self.socket),
+                *self.extra,
+            ],
+            self.healthy,
+            timeout=20,
+        )
 
     def request(self, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
         import http.client
@@ -253,18 +254,6 @@ class Policyd:
         for policy in json.loads(body)["result"]:
             assert self.request("DELETE", f"/v1/policies/{policy['id']}")[0] == 200
         assert self.request("PUT", "/v1/data", b"{}")[0] == 204
-
-    def stop(self) -> int | None:
-        if self.proc is None:
-            return None
-        self.proc.terminate()
-        try:
-            code = self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            code = self.proc.wait(timeout=10)
-        self.proc = None
-        return code
 
 
 @pytest.fixture(scope="session")

@@ -20,42 +20,28 @@ from typing import Any
 
 import pytest
 
-from conftest import Policyd, die_with_parent, free_port
+from conftest import Policyd, ServerProcess, free_port
 
 TOKEN = "s3cret-token"
 TOKEN_SHA = hashlib.sha256(TOKEN.encode()).hexdigest()
 
 
-class TcpPolicyd:
+class TcpPolicyd(ServerProcess):
     def __init__(self, directory: pathlib.Path, *extra: str) -> None:
         self.port = free_port()
         self.log = directory / "policyd-tcp.log"
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "sark_native.policyd",
-                    "--bind",
-                    f"127.0.0.1:{self.port}",
-                    *extra,
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                preexec_fn=die_with_parent,
-            )
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if self.request("GET", "/health")[0] == 200:
-                    break
-            except OSError:
-                pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(self.log.read_text())
-            time.sleep(0.02)
+        bind = f"127.0.0.1:{self.port}"
+        self._spawn(
+            [sys.executable, "-m", "sark_native.policyd", "--bind", bind, *extra],
+            self.healthy,
+            timeout=20,
+        )
+
+    def healthy(self) -> bool:
+        try:
+            return self.request("GET", "/health")[0] == 200
+        except OSError:
+            return False
 
     def request(
         self, method: str, path: str, body: bytes | None = None, token: str | None = None
@@ -68,14 +54,6 @@ class TcpPolicyd:
             return resp.status, resp.read()
         finally:
             conn.close()
-
-    def stop(self) -> int:
-        self.proc.terminate()
-        try:
-            return self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait(timeout=10)
 
 
 @pytest.fixture

@@ -51,11 +51,11 @@ def classifier(backend: Backend, model: pathlib.Path) -> sark_native.Sidecar:
 
 @pytest.mark.asyncio
 async def test_the_classifier_tells_injections_from_questions(
-    sidecar_backend: Backend, tmp_path: pathlib.Path
+    backend: Backend, tmp_path: pathlib.Path
 ) -> None:
     model = tmp_path / "model.joblib"
     train(model)
-    async with classifier(sidecar_backend, model) as sc:
+    async with classifier(backend, model) as sc:
         for text in INJECTIONS:
             answer = await sc.request("classify", {"text": text})
             assert answer["label"] == "injection", (text, answer)
@@ -74,10 +74,10 @@ async def test_the_classifier_tells_injections_from_questions(
 
 @pytest.mark.asyncio
 async def test_a_missing_model_is_trained_at_start_and_saved(
-    sidecar_backend: Backend, tmp_path: pathlib.Path
+    backend: Backend, tmp_path: pathlib.Path
 ) -> None:
     model = tmp_path / "fresh" / "model.joblib"
-    async with classifier(sidecar_backend, model) as sc:
+    async with classifier(backend, model) as sc:
         answer = await sc.request("classify", {"text": INJECTIONS[0]})
         assert answer["label"] == "injection"
     assert model.exists()  # the next start only loads it

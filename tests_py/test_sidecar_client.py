@@ -50,8 +50,8 @@ def client(path: pathlib.Path, backend: Backend, **options: Any) -> sark_native.
 
 
 @pytest.mark.asyncio
-async def test_echo_round_trip(sidecar_backend: Backend, worker: WorkerProcess) -> None:
-    async with client(worker.path, sidecar_backend) as c:
+async def test_echo_round_trip(backend: Backend, worker: WorkerProcess) -> None:
+    async with client(worker.path, backend) as c:
         assert isinstance(c, sark_native.SidecarClient)
         values: list[Any] = [
             None,
@@ -76,10 +76,8 @@ async def test_echo_round_trip(sidecar_backend: Backend, worker: WorkerProcess) 
 
 
 @pytest.mark.asyncio
-async def test_responses_decode_like_json_loads(
-    sidecar_backend: Backend, worker: WorkerProcess
-) -> None:
-    async with client(worker.path, sidecar_backend) as c:
+async def test_responses_decode_like_json_loads(backend: Backend, worker: WorkerProcess) -> None:
+    async with client(worker.path, backend) as c:
         assert await c.request("bigint") == 2**200 + 1  # exact, not a float
         big = await c.request("big", 1_000_000)
         assert big == "x" * 1_000_000
@@ -87,7 +85,7 @@ async def test_responses_decode_like_json_loads(
 
 @pytest.mark.asyncio
 async def test_200_concurrent_requests_each_get_their_own_answer(
-    sidecar_backend: Backend, worker: WorkerProcess
+    backend: Backend, worker: WorkerProcess
 ) -> None:
     finished: list[int] = []
 
@@ -100,7 +98,7 @@ async def test_200_concurrent_requests_each_get_their_own_answer(
         finished.append(i)
         return result
 
-    async with client(worker.path, sidecar_backend, timeout=30) as c:
+    async with client(worker.path, backend, timeout=30) as c:
         results = await asyncio.gather(*(one(c, i) for i in range(200)))
     assert results == [{"i": i} for i in range(200)]
     assert finished != sorted(finished)  # they did come back out of order
@@ -108,7 +106,7 @@ async def test_200_concurrent_requests_each_get_their_own_answer(
 
 @pytest.mark.asyncio
 async def test_handler_exceptions_become_remote_errors(
-    sidecar_backend: Backend, worker: WorkerProcess
+    backend: Backend, worker: WorkerProcess
 ) -> None:
     cases = [
         ("fail", "ValueError", "bad input"),
@@ -117,7 +115,7 @@ async def test_handler_exceptions_become_remote_errors(
         ("bad_result", "TypeError", "Object of type object is not JSON serializable"),
         ("nan_result", "ValueError", "Out of range float values are not JSON compliant"),
     ]
-    async with client(worker.path, sidecar_backend) as c:
+    async with client(worker.path, backend) as c:
         for method, remote_type, message in cases:
             with pytest.raises(SidecarRemoteError) as info:
                 await c.request(method, "bad input")
@@ -132,8 +130,8 @@ async def test_handler_exceptions_become_remote_errors(
 
 
 @pytest.mark.asyncio
-async def test_unknown_method(sidecar_backend: Backend, worker: WorkerProcess) -> None:
-    async with client(worker.path, sidecar_backend) as c:
+async def test_unknown_method(backend: Backend, worker: WorkerProcess) -> None:
+    async with client(worker.path, backend) as c:
         for name in ("nope", "_private", "not_a_method", "__init__"):
             with pytest.raises(SidecarRemoteError) as info:
                 await c.request(name)
@@ -181,11 +179,11 @@ UNSENDABLE: list[tuple[str, Callable[[], Any], str]] = [
 )
 @pytest.mark.asyncio
 async def test_unsendable_params_raise_type_error_and_send_nothing(
-    sidecar_backend: Backend, sock_dir: pathlib.Path, value: Callable[[], Any], where: str
+    backend: Backend, sock_dir: pathlib.Path, value: Callable[[], Any], where: str
 ) -> None:
     async with (
         FakeServer(sock_dir / "fake.sock") as server,
-        client(server.path, sidecar_backend) as c,
+        client(server.path, backend) as c,
     ):
         with pytest.raises(TypeError) as info:
             await c.request("echo", value())
@@ -197,21 +195,17 @@ async def test_unsendable_params_raise_type_error_and_send_nothing(
 
 
 @pytest.mark.asyncio
-async def test_the_limits_themselves_are_sendable(
-    sidecar_backend: Backend, worker: WorkerProcess
-) -> None:
-    async with client(worker.path, sidecar_backend) as c:
+async def test_the_limits_themselves_are_sendable(backend: Backend, worker: WorkerProcess) -> None:
+    async with client(worker.path, backend) as c:
         for value in (_nested(128), 2**64 - 1, -(2**63), {"k": [1.0e308, -0.0]}):
             assert await c.request("echo", value) == value
 
 
 @pytest.mark.asyncio
-async def test_oversized_request_is_a_value_error(
-    sidecar_backend: Backend, sock_dir: pathlib.Path
-) -> None:
+async def test_oversized_request_is_a_value_error(backend: Backend, sock_dir: pathlib.Path) -> None:
     async with (
         FakeServer(sock_dir / "fake.sock") as server,
-        client(server.path, sidecar_backend, max_frame=1024) as c,
+        client(server.path, backend, max_frame=1024) as c,
     ):
         with pytest.raises(ValueError, match="max_frame"):
             await c.request("echo", "x" * 2000)
@@ -221,9 +215,9 @@ async def test_oversized_request_is_a_value_error(
 
 @pytest.mark.asyncio
 async def test_timeouts_then_more_requests_get_their_own_answers(
-    sidecar_backend: Backend, worker: WorkerProcess
+    backend: Backend, worker: WorkerProcess
 ) -> None:
-    async with client(worker.path, sidecar_backend, connections=1) as c:
+    async with client(worker.path, backend, connections=1) as c:
         for i in range(5):
             started = time.monotonic()
             with pytest.raises(SidecarTimeoutError) as info:
@@ -239,10 +233,8 @@ async def test_timeouts_then_more_requests_get_their_own_answers(
 
 
 @pytest.mark.asyncio
-async def test_a_cancelled_request_is_forgotten(
-    sidecar_backend: Backend, worker: WorkerProcess
-) -> None:
-    async with client(worker.path, sidecar_backend, connections=1) as c:
+async def test_a_cancelled_request_is_forgotten(backend: Backend, worker: WorkerProcess) -> None:
+    async with client(worker.path, backend, connections=1) as c:
         task = asyncio.create_task(c.request("asleep", {"seconds": 0.2, "value": "late"}))
         await asyncio.sleep(0.05)
         task.cancel()
@@ -274,7 +266,7 @@ GARBAGE: dict[str, Callable[[list[dict[str, Any]]], bytes]] = {
 @pytest.mark.parametrize("scenario", sorted(GARBAGE))
 @pytest.mark.asyncio
 async def test_garbage_drops_the_connection_and_the_client_recovers(
-    sidecar_backend: Backend, sock_dir: pathlib.Path, scenario: str
+    backend: Backend, sock_dir: pathlib.Path, scenario: str
 ) -> None:
     def respond(conn: FakeConnection, request: dict[str, Any]) -> None:
         if conn.number > 1:
@@ -284,7 +276,7 @@ async def test_garbage_drops_the_connection_and_the_client_recovers(
 
     async with (
         FakeServer(sock_dir / "fake.sock", respond) as server,
-        client(server.path, sidecar_backend, connections=1, max_frame=1024) as c,
+        client(server.path, backend, connections=1, max_frame=1024) as c,
     ):
         results = await asyncio.gather(
             *(c.request("echo", i) for i in range(3)), return_exceptions=True
@@ -297,7 +289,7 @@ async def test_garbage_drops_the_connection_and_the_client_recovers(
 
 @pytest.mark.asyncio
 async def test_a_late_answer_to_a_timed_out_id_is_dropped_not_misdelivered(
-    sidecar_backend: Backend, sock_dir: pathlib.Path
+    backend: Backend, sock_dir: pathlib.Path
 ) -> None:
     held: list[dict[str, Any]] = []
 
@@ -312,7 +304,7 @@ async def test_a_late_answer_to_a_timed_out_id_is_dropped_not_misdelivered(
 
     async with (
         FakeServer(sock_dir / "fake.sock", respond) as server,
-        client(server.path, sidecar_backend, connections=1) as c,
+        client(server.path, backend, connections=1) as c,
     ):
         with pytest.raises(SidecarTimeoutError):
             await c.request("echo", "slow", timeout=0.05)
@@ -323,10 +315,10 @@ async def test_a_late_answer_to_a_timed_out_id_is_dropped_not_misdelivered(
 
 @pytest.mark.asyncio
 async def test_cannot_connect_is_unavailable_then_reconnects(
-    sidecar_backend: Backend, sock_dir: pathlib.Path
+    backend: Backend, sock_dir: pathlib.Path
 ) -> None:
     path = sock_dir / "later.sock"
-    async with client(path, sidecar_backend) as c:
+    async with client(path, backend) as c:
         started = time.monotonic()
         with pytest.raises(SidecarUnavailableError, match="cannot connect"):
             await c.request("echo", 1)
@@ -340,7 +332,7 @@ async def test_cannot_connect_is_unavailable_then_reconnects(
 
 @pytest.mark.asyncio
 async def test_a_connection_lost_while_waiting_is_unavailable(
-    sidecar_backend: Backend, sock_dir: pathlib.Path
+    backend: Backend, sock_dir: pathlib.Path
 ) -> None:
     def respond(conn: FakeConnection, request: dict[str, Any]) -> None:
         if conn.number == 1:
@@ -350,7 +342,7 @@ async def test_a_connection_lost_while_waiting_is_unavailable(
 
     async with (
         FakeServer(sock_dir / "fake.sock", respond) as server,
-        client(server.path, sidecar_backend, connections=1) as c,
+        client(server.path, backend, connections=1) as c,
     ):
         with pytest.raises(SidecarUnavailableError):
             await c.request("echo", 1)
@@ -359,9 +351,9 @@ async def test_a_connection_lost_while_waiting_is_unavailable(
 
 @pytest.mark.asyncio
 async def test_in_flight_bound_makes_callers_wait_within_their_timeout(
-    sidecar_backend: Backend, worker: WorkerProcess
+    backend: Backend, worker: WorkerProcess
 ) -> None:
-    async with client(worker.path, sidecar_backend, max_in_flight=2, timeout=10) as c:
+    async with client(worker.path, backend, max_in_flight=2, timeout=10) as c:
         results = await asyncio.gather(
             *(c.request("asleep", {"seconds": 0.1, "value": i}) for i in range(6))
         )
@@ -378,24 +370,22 @@ async def test_in_flight_bound_makes_callers_wait_within_their_timeout(
 
 @pytest.mark.asyncio
 async def test_requests_spread_over_at_most_the_configured_connections(
-    sidecar_backend: Backend, sock_dir: pathlib.Path
+    backend: Backend, sock_dir: pathlib.Path
 ) -> None:
     def respond(conn: FakeConnection, request: dict[str, Any]) -> None:
         asyncio.get_running_loop().call_later(0.01, echo, conn, request)
 
     async with (
         FakeServer(sock_dir / "fake.sock", respond) as server,
-        client(server.path, sidecar_backend, connections=2) as c,
+        client(server.path, backend, connections=2) as c,
     ):
         assert await asyncio.gather(*(c.request("echo", i) for i in range(100))) == list(range(100))
         assert 1 <= server.connections <= 2
 
 
 @pytest.mark.asyncio
-async def test_a_closed_client_refuses_requests(
-    sidecar_backend: Backend, worker: WorkerProcess
-) -> None:
-    c = client(worker.path, sidecar_backend)
+async def test_a_closed_client_refuses_requests(backend: Backend, worker: WorkerProcess) -> None:
+    c = client(worker.path, backend)
     task = asyncio.create_task(c.request("asleep", {"seconds": 5}))
     await asyncio.sleep(0.1)
     await c.aclose()
@@ -408,12 +398,12 @@ async def test_a_closed_client_refuses_requests(
 
 @pytest.mark.asyncio
 async def test_a_response_over_the_worker_cap_is_an_error_response(
-    sidecar_backend: Backend, sock_dir: pathlib.Path
+    backend: Backend, sock_dir: pathlib.Path
 ) -> None:
     w = WorkerProcess("sidecar_apps:Echo", sock_dir / "small.sock", "--max-frame", "4096")
     w.wait_ready()
     try:
-        async with client(w.path, sidecar_backend, max_frame=4096) as c:
+        async with client(w.path, backend, max_frame=4096) as c:
             with pytest.raises(SidecarRemoteError) as info:
                 await c.request("big", 10_000)
             assert info.value.remote_type == "ValueError"
@@ -423,14 +413,14 @@ async def test_a_response_over_the_worker_cap_is_an_error_response(
         w.stop()
 
 
-def test_client_arguments_are_checked(sidecar_backend: Backend) -> None:
+def test_client_arguments_are_checked(backend: Backend) -> None:
     with pytest.raises(ValueError, match="OS limit"):
-        sark_native.SidecarClient("/tmp/" + "x" * 200 + ".sock", backend=sidecar_backend)
+        sark_native.SidecarClient("/tmp/" + "x" * 200 + ".sock", backend=backend)
     with pytest.raises(TypeError):
-        sark_native.SidecarClient(42, backend=sidecar_backend)  # type: ignore[arg-type]
+        sark_native.SidecarClient(42, backend=backend)  # type: ignore[arg-type]
     for bad in ({"timeout": 0}, {"timeout": math.nan}, {"max_frame": 0}, {"connections": 0}):
         with pytest.raises(ValueError, match="must be"):
-            sark_native.SidecarClient("/tmp/x.sock", backend=sidecar_backend, **bad)
+            sark_native.SidecarClient("/tmp/x.sock", backend=backend, **bad)
     with pytest.raises(ValueError, match="backend"):
         sark_native.SidecarClient("/tmp/x.sock", backend="native")  # type: ignore[arg-type]
 
@@ -453,8 +443,8 @@ def test_backend_choice() -> None:
             sark_native.Sidecar("sidecar_apps:Echo", backend="rust")
 
 
-def test_a_client_binds_to_one_event_loop(sidecar_backend: Backend, worker: WorkerProcess) -> None:
-    c = client(worker.path, sidecar_backend)
+def test_a_client_binds_to_one_event_loop(backend: Backend, worker: WorkerProcess) -> None:
+    c = client(worker.path, backend)
 
     async def use() -> Any:
         try:

@@ -63,11 +63,11 @@ def delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]
 
 @pytest.mark.asyncio
 async def test_requests_errors_and_durations_are_counted(
-    sidecar_backend: Backend, worker: WorkerProcess, sock_dir: pathlib.Path
+    backend: Backend, worker: WorkerProcess, sock_dir: pathlib.Path
 ) -> None:
-    scrape = Scrape(sidecar_backend)
+    scrape = Scrape(backend)
     before = scrape.snapshot()
-    async with sark_native.SidecarClient(worker.path, backend=sidecar_backend) as c:
+    async with sark_native.SidecarClient(worker.path, backend=backend) as c:
         assert await c.request("echo", 1) == 1
         assert await c.request("aecho", 2) == 2
         with pytest.raises(SidecarRemoteError):
@@ -80,7 +80,7 @@ async def test_requests_errors_and_durations_are_counted(
         await asyncio.sleep(0.1)
         assert scrape.get("sidecar_in_flight") == before["in_flight"] + 1
         assert await during == 3
-    async with sark_native.SidecarClient(sock_dir / "nobody.sock", backend=sidecar_backend) as c:
+    async with sark_native.SidecarClient(sock_dir / "nobody.sock", backend=backend) as c:
         with pytest.raises(SidecarUnavailableError):
             await c.request("echo", 1)
 
@@ -89,7 +89,7 @@ async def test_requests_errors_and_durations_are_counted(
 
     async with (
         FakeServer(sock_dir / "fake.sock", garbage) as server,
-        sark_native.SidecarClient(server.path, backend=sidecar_backend) as c,
+        sark_native.SidecarClient(server.path, backend=backend) as c,
     ):
         with pytest.raises(SidecarProtocolError):
             await c.request("echo", 1)
@@ -116,10 +116,10 @@ async def test_requests_errors_and_durations_are_counted(
 
 
 @pytest.mark.asyncio
-async def test_supervised_requests_and_restarts_are_counted(sidecar_backend: Backend) -> None:
-    scrape = Scrape(sidecar_backend)
+async def test_supervised_requests_and_restarts_are_counted(backend: Backend) -> None:
+    scrape = Scrape(backend)
     before = scrape.snapshot()
-    async with sark_native.Sidecar("sidecar_apps:Echo", backend=sidecar_backend) as sc:
+    async with sark_native.Sidecar("sidecar_apps:Echo", backend=backend) as sc:
         assert await sc.request("echo", 1) == 1  # its start-up pings are not requests
         (pid,) = sc.pids
         os.kill(pid, signal.SIGKILL)
@@ -130,4 +130,4 @@ async def test_supervised_requests_and_restarts_are_counted(sidecar_backend: Bac
     assert change["restarts"] == 1
     assert change["in_flight"] == 0
     text = generate_latest(scrape.registry).decode()
-    assert f'sidecar_restarts_total{{implementation="{sidecar_backend}"}}' in text
+    assert f'sidecar_restarts_total{{implementation="{backend}"}}' in text

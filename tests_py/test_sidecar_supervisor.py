@@ -52,8 +52,8 @@ def processes_mentioning(text: str) -> list[int]:
 
 
 @pytest.mark.asyncio
-async def test_start_spread_and_close(sidecar_backend: Backend) -> None:
-    sc = sidecar(sidecar_backend, workers=2)
+async def test_start_spread_and_close(backend: Backend) -> None:
+    sc = sidecar(backend, workers=2)
     assert isinstance(sc, sark_native.Sidecar)
     async with sc:
         pids = sc.pids
@@ -81,9 +81,9 @@ async def test_start_spread_and_close(sidecar_backend: Backend) -> None:
 
 @pytest.mark.asyncio
 async def test_requests_go_to_the_worker_with_the_fewest_in_flight(
-    sidecar_backend: Backend,
+    backend: Backend,
 ) -> None:
-    async with sidecar(sidecar_backend, workers=2, timeout=30) as sc:
+    async with sidecar(backend, workers=2, timeout=30) as sc:
         busy = asyncio.create_task(sc.request("sleep", {"seconds": 1.0, "value": "done"}))
         await asyncio.sleep(0.1)
         others = [await sc.request("pid") for _ in range(10)]
@@ -94,9 +94,9 @@ async def test_requests_go_to_the_worker_with_the_fewest_in_flight(
 
 @pytest.mark.asyncio
 async def test_sigkill_mid_request_fails_its_callers_at_once_and_restarts(
-    sidecar_backend: Backend,
+    backend: Backend,
 ) -> None:
-    async with sidecar(sidecar_backend, workers=1, timeout=30) as sc:
+    async with sidecar(backend, workers=1, timeout=30) as sc:
         (pid,) = sc.pids
         calls = [
             asyncio.create_task(sc.request("sleep", {"seconds": 10, "value": i})) for i in range(3)
@@ -118,8 +118,8 @@ async def test_sigkill_mid_request_fails_its_callers_at_once_and_restarts(
 
 
 @pytest.mark.asyncio
-async def test_a_worker_that_exits_is_restarted(sidecar_backend: Backend) -> None:
-    async with sidecar(sidecar_backend, workers=1) as sc:
+async def test_a_worker_that_exits_is_restarted(backend: Backend) -> None:
+    async with sidecar(backend, workers=1) as sc:
         with pytest.raises(SidecarUnavailableError):
             await sc.request("exit", 9)
         assert await sc.request("echo", 1) == 1
@@ -128,10 +128,8 @@ async def test_a_worker_that_exits_is_restarted(sidecar_backend: Backend) -> Non
 
 
 @pytest.mark.asyncio
-async def test_a_hung_handler_is_killed_after_hang_timeout(sidecar_backend: Backend) -> None:
-    async with sidecar(
-        sidecar_backend, workers=1, timeout=30, hang_timeout=1.0, ping_interval=0.2
-    ) as sc:
+async def test_a_hung_handler_is_killed_after_hang_timeout(backend: Backend) -> None:
+    async with sidecar(backend, workers=1, timeout=30, hang_timeout=1.0, ping_interval=0.2) as sc:
         (pid,) = sc.pids
         started = time.monotonic()
         with pytest.raises(SidecarUnavailableError, match="hang_timeout"):
@@ -145,11 +143,9 @@ async def test_a_hung_handler_is_killed_after_hang_timeout(sidecar_backend: Back
 
 @pytest.mark.asyncio
 async def test_a_worker_that_answers_nothing_times_out_then_is_restarted(
-    sidecar_backend: Backend,
+    backend: Backend,
 ) -> None:
-    async with sidecar(
-        sidecar_backend, workers=1, ping_interval=0.2, ping_timeout=1.0, timeout=10
-    ) as sc:
+    async with sidecar(backend, workers=1, ping_interval=0.2, ping_timeout=1.0, timeout=10) as sc:
         (pid,) = sc.pids
         with pytest.raises(SidecarTimeoutError):
             await sc.request("freeze", timeout=0.5)  # blocks the worker's event loop
@@ -161,10 +157,10 @@ async def test_a_worker_that_answers_nothing_times_out_then_is_restarted(
 
 @pytest.mark.asyncio
 async def test_with_no_live_worker_a_request_waits_then_is_unavailable(
-    sidecar_backend: Backend, tmp_path: pathlib.Path
+    backend: Backend, tmp_path: pathlib.Path
 ) -> None:
     env = {"SIDECAR_TEST_MARKER": str(tmp_path / "started")}
-    async with sidecar(sidecar_backend, "sidecar_apps:once", env=env, ping_interval=0.2) as sc:
+    async with sidecar(backend, "sidecar_apps:once", env=env, ping_interval=0.2) as sc:
         (pid,) = sc.pids
         os.kill(pid, signal.SIGKILL)  # every restart fails: the worker stays down
         await wait_until(lambda: sc.stats()["live"] == 0, what="the supervisor sees it")
@@ -180,8 +176,8 @@ async def test_with_no_live_worker_a_request_waits_then_is_unavailable(
 
 
 @pytest.mark.asyncio
-async def test_an_app_that_fails_to_start_reports_its_output(sidecar_backend: Backend) -> None:
-    sc = sidecar(sidecar_backend, "sidecar_apps:Broken", workers=2)
+async def test_an_app_that_fails_to_start_reports_its_output(backend: Backend) -> None:
+    sc = sidecar(backend, "sidecar_apps:Broken", workers=2)
     with pytest.raises(SidecarUnavailableError, match="broken on purpose"):
         await sc.start()
     assert sc.pids == []
@@ -191,8 +187,8 @@ async def test_an_app_that_fails_to_start_reports_its_output(sidecar_backend: Ba
 
 
 @pytest.mark.asyncio
-async def test_a_worker_that_does_not_start_in_time_is_killed(sidecar_backend: Backend) -> None:
-    sc = sidecar(sidecar_backend, "sidecar_apps:slow_start", start_timeout=1.0)
+async def test_a_worker_that_does_not_start_in_time_is_killed(backend: Backend) -> None:
+    sc = sidecar(backend, "sidecar_apps:slow_start", start_timeout=1.0)
     with pytest.raises(SidecarUnavailableError, match="did not answer a ping within 1 s"):
         await sc.start()
     assert sc.socket_dir is not None
@@ -201,8 +197,8 @@ async def test_a_worker_that_does_not_start_in_time_is_killed(sidecar_backend: B
 
 
 @pytest.mark.asyncio
-async def test_close_lets_in_flight_requests_finish(sidecar_backend: Backend) -> None:
-    sc = sidecar(sidecar_backend, workers=1)
+async def test_close_lets_in_flight_requests_finish(backend: Backend) -> None:
+    sc = sidecar(backend, workers=1)
     await sc.start()
     (pid,) = sc.pids
     call = asyncio.create_task(sc.request("asleep", {"seconds": 0.5, "value": "finished"}))
@@ -213,17 +209,17 @@ async def test_close_lets_in_flight_requests_finish(sidecar_backend: Backend) ->
 
 
 @pytest.mark.asyncio
-async def test_env_cwd_and_bad_arguments(sidecar_backend: Backend, tmp_path: pathlib.Path) -> None:
-    async with sidecar(sidecar_backend, env={"SIDECAR_X": "42"}, cwd=tmp_path) as sc:
+async def test_env_cwd_and_bad_arguments(backend: Backend, tmp_path: pathlib.Path) -> None:
+    async with sidecar(backend, env={"SIDECAR_X": "42"}, cwd=tmp_path) as sc:
         assert await sc.request("env", "SIDECAR_X") == {"value": "42", "cwd": str(tmp_path)}
     with pytest.raises(ValueError, match="module:attr"):
-        sidecar(sidecar_backend, "no_colon")
+        sidecar(backend, "no_colon")
     with pytest.raises(ValueError, match="workers"):
-        sidecar(sidecar_backend, workers=0)
+        sidecar(backend, workers=0)
     with pytest.raises(ValueError, match="ping_interval"):
-        sidecar(sidecar_backend, ping_interval=-1)
+        sidecar(backend, ping_interval=-1)
     with pytest.raises(RuntimeError, match="start"):
-        await sidecar(sidecar_backend).request("echo", 1)
+        await sidecar(backend).request("echo", 1)
 
 
 GATEWAY = """
@@ -262,8 +258,8 @@ def run_gateway(backend: Backend, mode: str) -> tuple[subprocess.Popen[str], dic
     return proc, json.loads(line)
 
 
-def test_a_killed_gateway_leaves_no_orphan_workers(sidecar_backend: Backend) -> None:
-    proc, info = run_gateway(sidecar_backend, "hang")
+def test_a_killed_gateway_leaves_no_orphan_workers(backend: Backend) -> None:
+    proc, info = run_gateway(backend, "hang")
     try:
         assert len(info["pids"]) == 2
         assert all(pid_alive(p) for p in info["pids"])
@@ -282,8 +278,8 @@ def test_a_killed_gateway_leaves_no_orphan_workers(sidecar_backend: Backend) -> 
         shutil.rmtree(info["dir"], ignore_errors=True)
 
 
-def test_an_unclosed_sidecar_is_stopped_at_interpreter_exit(sidecar_backend: Backend) -> None:
-    proc, info = run_gateway(sidecar_backend, "leave")
+def test_an_unclosed_sidecar_is_stopped_at_interpreter_exit(backend: Backend) -> None:
+    proc, info = run_gateway(backend, "leave")
     try:
         assert proc.wait(timeout=60) == 0
         assert wait_gone(info["pids"]) == []
@@ -297,7 +293,7 @@ def test_an_unclosed_sidecar_is_stopped_at_interpreter_exit(sidecar_backend: Bac
 
 
 @pytest.mark.asyncio
-async def test_fault_injection_soak(sidecar_backend: Backend) -> None:
+async def test_fault_injection_soak(backend: Backend) -> None:
     """A few hundred mixed requests while workers are SIGKILLed at random: every request ends
     with its own answer or a typed sark_native exception."""
     rng = random.Random(20260)
@@ -346,7 +342,7 @@ async def test_fault_injection_soak(sidecar_backend: Backend) -> None:
             await asyncio.sleep(rng.uniform(0, 0.1))  # spread over the kills (about 1.5 s)
             await one(i)
 
-    async with sidecar(sidecar_backend, workers=2, timeout=20, ping_interval=0.2) as sc:
+    async with sidecar(backend, workers=2, timeout=20, ping_interval=0.2) as sc:
         await asyncio.gather(killer(), *(paced(i) for i in range(total)))
         requests = sum(n for k, n in outcomes.items() if k != "kills")
         assert requests == total, outcomes

@@ -137,9 +137,9 @@ def test_a_half_closed_connection_still_gets_its_answers(worker: WorkerProcess) 
 
 @pytest.mark.asyncio
 async def test_sigterm_lets_in_flight_requests_finish_then_exits_0(
-    sidecar_backend: Backend, worker: WorkerProcess
+    backend: Backend, worker: WorkerProcess
 ) -> None:
-    async with sark_native.SidecarClient(worker.path, backend=sidecar_backend, timeout=30) as c:
+    async with sark_native.SidecarClient(worker.path, backend=backend, timeout=30) as c:
         calls = [
             asyncio.create_task(c.request("sleep", {"seconds": 0.5, "value": i})) for i in range(3)
         ]
@@ -161,12 +161,12 @@ async def test_sigterm_lets_in_flight_requests_finish_then_exits_0(
 
 @pytest.mark.asyncio
 async def test_a_grace_period_that_runs_out_ends_the_worker_anyway(
-    sidecar_backend: Backend, sock_dir: pathlib.Path
+    backend: Backend, sock_dir: pathlib.Path
 ) -> None:
     w = WorkerProcess("sidecar_apps:Echo", sock_dir / "g.sock", "--grace-period", "0.5")
     w.wait_ready()
     try:
-        async with sark_native.SidecarClient(w.path, backend=sidecar_backend, timeout=30) as c:
+        async with sark_native.SidecarClient(w.path, backend=backend, timeout=30) as c:
             stuck = asyncio.create_task(c.request("hang"))
             await asyncio.sleep(0.2)
             w.proc.send_signal(signal.SIGTERM)
