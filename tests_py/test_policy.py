@@ -365,7 +365,7 @@ def test_bad_arguments(make: Make) -> None:
     for inputs in (b"ab", bytearray(b"ab"), memoryview(b"ab"), "ab", {"a": 1}):
         with pytest.raises(TypeError, match="inputs must be a sequence of inputs"):
             e.evaluate_batch("data.t.x", inputs)
-    for kwargs, kind, message in [
+    settings: list[tuple[dict[str, Any], type[Exception], str]] = [
         ({"max_input_depth": 0}, ValueError, "max_input_depth must be between 1 and"),
         ({"max_input_depth": -1}, ValueError, "max_input_depth must be between 1 and"),
         ({"max_input_bytes": 2**70}, ValueError, "max_input_bytes must be between 1 and"),
@@ -376,7 +376,8 @@ def test_bad_arguments(make: Make) -> None:
         ({"rego_v0": 1}, TypeError, "rego_v0 must be a bool, not int"),
         ({"vm": None}, TypeError, "vm must be a bool, not NoneType"),
         ({"decision_cache": object()}, TypeError, "decision_cache must be a sark_native.Cache"),
-    ]:
+    ]
+    for kwargs, kind, message in settings:
         with pytest.raises(kind, match=message):
             make(**kwargs)
     assert e.evaluate_batch("data.t.x", ({"a": 1}, None)) == [1, 1]
